@@ -1,0 +1,1 @@
+"""Corpus recipes: TED-LIUM 3 preparation (`tedlium`) and the synthetic demo corpus (`synth`)."""
