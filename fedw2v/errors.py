@@ -45,6 +45,12 @@ class ManifestError(InputError):
     """A manifest file that is not a fedw2v manifest of a known schema version."""
 
 
+class AggregationError(FedW2VError):
+    """Client updates that cannot be averaged (non-finite or all-zero weights, mismatched tensors)."""
+
+    exit_code = EXIT_FAILURE
+
+
 class EnvironmentProblem(FedW2VError):
     """Something this machine lacks: a speech synthesiser, a GPU, a package."""
 

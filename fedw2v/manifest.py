@@ -124,12 +124,12 @@ def validate(table: pa.Table, source: str = "manifest") -> pa.Table:
             if pa.types.is_null(col_type) and f.nullable:
                 continue
             raise ManifestError(f"{source}: column {f.name!r} has type {col_type}, expected {f.type}")
-    table = table.select(list(COLUMN_NAMES)).cast(sch)
-    if table.num_rows == 0:
-        return table
     for f in sch:
         if not f.nullable and table.column(f.name).null_count:
             raise ManifestError(f"{source}: column {f.name!r} has {table.column(f.name).null_count} empty values")
+    table = table.select(list(COLUMN_NAMES)).cast(sch)
+    if table.num_rows == 0:
+        return table
     ids = table.column("utt_id")
     if pc.count_distinct(ids).as_py() != table.num_rows:
         counts = pc.value_counts(ids)
@@ -153,7 +153,7 @@ def _check_values(table: pa.Table, column: str, allowed: tuple[str, ...], source
     import pyarrow.compute as pc
 
     col = table.column(column)
-    bad = pc.invert(pc.fill_null(pc.is_in(col, value_set=pa.array(allowed)), True))
+    bad = pc.and_(pc.is_valid(col), pc.invert(pc.is_in(col, value_set=pa.array(allowed))))
     if pc.any(bad).as_py():
         row = pc.index(bad, True).as_py()
         raise ManifestError(

@@ -1,0 +1,1 @@
+"""Federated learning: pure aggregation (`aggregate`), Flower apps and the simulation runner."""
