@@ -51,6 +51,12 @@ class AggregationError(FedW2VError):
     exit_code = EXIT_FAILURE
 
 
+class RunFailed(FedW2VError):
+    """A federated run stopped (too few clients succeeded); its last checkpoint is intact."""
+
+    exit_code = EXIT_FAILURE
+
+
 class EnvironmentProblem(FedW2VError):
     """Something this machine lacks: a speech synthesiser, a GPU, a package."""
 

@@ -47,3 +47,67 @@ def client_minutes_histogram(minutes: Sequence[float], path: str | os.PathLike, 
     ax.set_title(title or f"{values.size} clients")
     fig.tight_layout()
     return _save_atomic(fig, path)
+
+
+def wer_per_round(
+    rounds: Sequence[int], wer: Sequence[float], path: str | os.PathLike, cer: Sequence[float] | None = None,
+    title: str = "",
+) -> Path:
+    """WER (and CER) of the global model per round, in percent: the paper's Figure 1. The best WER is marked."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(7, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    if rounds:
+        ax.plot(rounds, [100 * w for w in wer], marker="o", markersize=3, color="#4477aa", label="WER")
+        if cer is not None:
+            ax.plot(rounds, [100 * c for c in cer], marker=".", markersize=3, color="#228833", label="CER")
+        best = min(range(len(wer)), key=lambda i: wer[i])
+        ax.scatter([rounds[best]], [100 * wer[best]], color="#cc3311", zorder=3,
+                   label=f"best WER {100 * wer[best]:.2f}% (round {rounds[best]})")
+        ax.legend(frameon=False)
+    ax.set_xlabel("round")
+    ax.set_ylabel("error rate (%)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "global model")
+    fig.tight_layout()
+    return _save_atomic(fig, path)
+
+
+def eer_per_layer(
+    layers: Sequence[str], eer_by_round: dict[int, Sequence[float] | None], path: str | os.PathLike,
+    average: Sequence[float] | None = None, title: str = "",
+) -> Path:
+    """EER (%) of the footprint attack against layer, one line per round and their average: the paper's figure.
+    Rounds given None (not measurable) are left out; 50% (chance) is marked."""
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(6.0, 0.3 * len(layers) + 3), 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    x = list(range(len(layers)))
+    drawn = [(r, v) for r, v in sorted(eer_by_round.items()) if v is not None]
+    cmap = colormaps["viridis"]
+    for k, (r, values) in enumerate(drawn):
+        colour = cmap(k / max(1, len(drawn) - 1) * 0.85)
+        ax.plot(x, list(values), marker="o", markersize=3, linewidth=1, color=colour, label=f"round {r}")
+    if average is not None:
+        ax.plot(x, list(average), color="black", linewidth=2.2, label="average")
+    ax.axhline(50, color="#999999", linestyle=":", linewidth=1, label="chance")
+    labels = ["in" if name == "input" else name.replace("block ", "") for name in layers]
+    ax.set_xticks(x, labels)
+    ax.set_xlabel("layer (in = encoder input, then transformer blocks)")
+    ax.set_ylabel("EER (%)")
+    ax.set_ylim(0, max([55.0, *(v for _, vals in drawn for v in vals)]) + 2)
+    ax.grid(alpha=0.3)
+    if drawn or average is not None:
+        ax.legend(frameon=False, fontsize=8, ncol=2)
+    ax.set_title(title or "footprint attack: EER per layer (lower = more identity leaks)")
+    fig.tight_layout()
+    return _save_atomic(fig, path)

@@ -87,3 +87,146 @@ def _spread(values: Any) -> Any:
     from fedw2v.partition import Spread
 
     return Spread.of(values)
+
+
+def train_table(metrics: Any, model: str, out: Any) -> Any:
+    """`fedw2v train`: loss per epoch (and dev loss), then steps, skipped batches, throughput, the saved model."""
+    from rich.console import Group
+
+    table = Table(title="fedw2v train", title_justify="left")
+    for name in ("epoch", "train loss", "dev loss"):
+        table.add_column(name, justify="right")
+    for i, loss in enumerate(metrics.epoch_loss):
+        dev = metrics.dev_loss[i] if i < len(metrics.dev_loss) else None
+        table.add_row(str(i + 1), f"{loss:.4f}", "-" if dev is None else f"{dev:.4f}")
+    speed = metrics.audio_seconds / metrics.seconds if metrics.seconds else 0.0
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column()
+    for key, value in (
+        ("model", model),
+        ("utterances", f"{metrics.samples} ({metrics.filtered} outside the duration filter)"),
+        ("steps", f"{metrics.steps} ({metrics.skipped_batches} batches skipped: non-finite loss or gradient)"),
+        ("final lr", f"encoder {metrics.lr_encoder:.3g}, head {metrics.lr_head:.3g}"),
+        ("time", f"{metrics.seconds:.1f} s, {speed:.1f} s of audio per second on {metrics.device} ({metrics.precision})"),
+        ("saved", str(out)),
+    ):
+        facts.add_row(key, value)
+    return Group(table, facts)
+
+
+def evaluate_table(result: Any) -> Table:
+    """`fedw2v evaluate`: WER, CER and the edit counts on the scored split."""
+    c = result.overall
+    table = Table(title=f"fedw2v evaluate ({result.split}, normalisation {result.normalization})", title_justify="left")
+    for name in ("utterances", "words", "WER %", "CER %", "sub", "del", "ins", "audio h", "RTF"):
+        table.add_column(name, justify="right")
+    rtf = f"{result.seconds / result.audio_seconds:.3f}" if result.audio_seconds else "-"
+    table.add_row(str(c.utterances), str(c.ref_words), f"{100 * c.wer:.2f}", f"{100 * c.cer:.2f}",
+                  str(c.substitutions), str(c.deletions), str(c.insertions),
+                  f"{result.audio_seconds / 3600:.2f}", rtf)  # fmt: skip
+    table.caption = f"model {result.model}"
+    table.caption_justify = "left"
+    return table
+
+
+def speaker_table(result: Any) -> Table:
+    """`fedw2v evaluate --by speaker`: one row per speaker."""
+    table = Table(title=f"per speaker ({result.split})", title_justify="left")
+    for name in ("speaker", "utterances", "words", "WER %", "CER %"):
+        table.add_column(name, justify="left" if name == "speaker" else "right")
+    for spk, c in result.by_speaker.items():
+        table.add_row(spk, str(c.utterances), str(c.ref_words), f"{100 * c.wer:.2f}", f"{100 * c.cer:.2f}")
+    return table
+
+
+def simulate_table(config: Any, state: Any) -> Table:
+    """Summary of a finished federated run: rounds, WER/CER per evaluation (first, best, last), where it is."""
+    table = Table(title=f"fedw2v simulate: {state.round} rounds, {config.clients_per_round} clients per round, "
+                  f"{config.eval_split} split", title_justify="left")
+    for name in ("", "round", "WER %", "CER %", "loss"):
+        table.add_column(name, justify="left" if not name else "right")
+    history = state.history
+    rows = []
+    if history:
+        best = min(history, key=lambda h: h["wer"])
+        rows = [("initial", history[0]), ("best", best), ("last", history[-1])]
+    for label, h in rows:
+        loss = "-" if h.get("loss") is None else f"{h['loss']:.3f}"
+        table.add_row(label, str(h["round"]), f"{100 * h['wer']:.2f}", f"{100 * h['cer']:.2f}", loss)
+    return table
+
+
+def participation_table(report: Any) -> Table:
+    """WER % (clients) per checkpoint round and participation bucket (rounds each client took part in)."""
+    from fedw2v.participation import BUCKETS
+
+    table = Table(title="WER on clients' local test data, by rounds each client took part in", title_justify="left")
+    table.add_column("after round", justify="right")
+    for b in BUCKETS:
+        table.add_column(f"{b} rounds", justify="right")
+    for r in report.rounds:
+        cells = []
+        for b in BUCKETS:
+            s = report.scores[r][b]
+            cells.append("-" if s.wer is None else f"{100 * s.wer:.1f}% ({s.clients})")
+        table.add_row(str(r), *cells)
+    return table
+
+
+def footprint_table(report: Any) -> Any:
+    """`fedw2v footprint`: EER (%) per layer (rows) and analysed round (columns), their average and the pooled
+    EER with its confidence interval; then trials per round, who was left out and why, and where the test
+    footprints came from."""
+    from rich.console import Group
+
+    level = f"{100 * report.confidence:.0f}% CI"
+    table = Table(title=f"fedw2v footprint: {report.run_dir} (EER %, lower = more speaker identity leaks)",
+                  title_justify="left")
+    table.add_column("layer", justify="left")
+    for r in report.rounds:
+        table.add_column(f"round {r.round}", justify="right")
+    table.add_column("average", justify="right")
+    table.add_column("pooled", justify="right")
+    table.add_column(f"pooled {level}", justify="right")
+    best = report.best_layer()
+    for i, layer in enumerate(report.layers):
+        cells = [f"{r.result.eer[i]:.1f}" if r.result.measurable else "n/m" for r in report.rounds]
+        avg = f"{report.average[i]:.1f}" if report.average else "-"
+        pooled = report.pooled
+        if pooled.measurable:
+            lo, hi = pooled.ci[i]
+            mark = " *" if best is not None and best[0] == layer else ""
+            cells += [avg, f"{pooled.eer[i]:.1f}{mark}", f"{lo:.1f}-{hi:.1f}"]
+        else:
+            cells += [avg, "n/m", "-"]
+        table.add_row(layer, *cells)
+    table.add_section()
+    table.add_row("trials (target / non-target)", *[f"{r.result.targets} / {r.result.nontargets}" for r in report.rounds],
+                  "", f"{report.pooled.targets} / {report.pooled.nontargets}", "")
+    table.add_row("clients (analysed / sampled)", *[f"{len(r.analysed)} / {len(r.sampled)}" for r in report.rounds],
+                  "", "", "")
+
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column()
+    ind = report.indicator
+    excluded = f"; {ind['excluded_utterances']} utterances of analysed speakers left out" if ind.get(
+        "excluded_utterances") else ""
+    facts.add_row("indicator", f"{ind['utterances']} utterances ({ind['seconds']:.0f} s, {len(ind['speakers'])} "
+                  f"speakers) of split {ind['split'] or '?'} from {ind['manifest']}{excluded}")
+    for r in report.rounds:
+        parts = [f"test footprints {r.test_detail or r.test_source}",
+                 f"enrollment: {r.base_checkpoint} fine-tuned {report.enroll_epochs} epochs on each holdout"
+                 + (f" ({r.enroll_reused} reused)" if r.enroll_reused else "")]
+        if r.excluded:
+            parts.append("left out: " + ", ".join(f"client {c} ({why})" for c, why in sorted(r.excluded.items())))
+        if not r.result.measurable:
+            parts.append(f"not measurable: {r.result.reason}")
+        facts.add_row(f"round {r.round}", "; ".join(parts))
+    if best is not None:
+        facts.add_row("lowest pooled EER", f"{best[1]:.1f}% at {best[0]} (*); 50% = chance")
+    elif not report.pooled.measurable:
+        facts.add_row("pooled", f"not measurable: {report.pooled.reason}")
+    facts.add_row("time", f"{report.seconds:.0f} s")
+    return Group(table, facts)

@@ -38,3 +38,35 @@ def normalize(text: str, normalization: str = "paper") -> str:
     if normalization == "joined":
         result = _CLITIC_GAP.sub("", result)
     return result
+
+
+# --- Character vocabulary (the CTC output units) -------------------------------------------------------------
+
+BLANK = "<pad>"  # the CTC blank, also the padding token of the tokenizer (id 0)
+UNK = "<unk>"  # characters the vocabulary lacks (never a training target of a vocabulary built from its texts)
+WORD_DELIMITER = "|"  # stands for the space between words
+BASE_CHARACTERS = tuple("abcdefghijklmnopqrstuvwxyz'0123456789")
+
+
+def character_vocabulary(texts=()) -> list[str]:
+    """The CTC output units, in id order: blank/pad, unk, word delimiter, a-z, apostrophe, digits, then every
+    other character present in ``texts`` (normalised transcripts), sorted by code point.
+
+    The same texts always give the same vocabulary; the base units are always present, so a vocabulary built
+    from any corpus can transcribe plain lowercase English.
+    """
+    extra: set[str] = set()
+    base = set(BASE_CHARACTERS)
+    for text in texts:
+        extra.update(ch for ch in set(text) if ch not in base and not ch.isspace())
+    extra.discard(WORD_DELIMITER)
+    return [BLANK, UNK, WORD_DELIMITER, *BASE_CHARACTERS, *sorted(extra)]
+
+
+def vocabulary_covers(vocab, texts) -> set[str]:
+    """Characters of ``texts`` (spaces aside) that ``vocab`` (tokens) lacks: empty when it covers them all."""
+    have = set(vocab)
+    missing: set[str] = set()
+    for text in texts:
+        missing.update(ch for ch in set(text) if not ch.isspace() and ch not in have)
+    return missing

@@ -1,0 +1,153 @@
+"""Transcription speed: `fedw2v transcribe`'s decoding against the Hugging Face ASR pipeline, same model, same audio.
+
+The model is wav2vec2-base size (95M parameters: 7-layer group-norm CNN, 12 transformer blocks of 768) with a
+CTC head over the fedw2v character vocabulary, random init, saved once as a Hugging Face directory that both
+load. The audio is --seconds of flite speech (noise when flite is missing), 16 kHz mono WAV. In one process,
+alternating, after one warm-up call each, best and median of --repeat calls:
+
+- hf-pipeline: ``pipeline("automatic-speech-recognition", model=DIR)({"raw": audio, "sampling_rate": 16000})``,
+  its default (the whole file in one pass);
+- hf-pipeline-chunked: the same with ``chunk_length_s=30`` (its own long-audio mode);
+- fedw2v: `fedw2v.audio.load_audio` (reads the WAV file too) + `Decoder.transcribe` with the defaults of
+  ``fedw2v transcribe`` (30 s chunks, 1 s of context on each side);
+- fedw2v-one-pass: the same in one pass over the whole file (its text must equal the pipeline's).
+
+    .venv/bin/python benchmarks/transcribe.py [--seconds 60] [--repeat 3] [--threads N]
+
+Goal (issue 4): fedw2v no slower than the pipeline (ratio fedw2v / hf-pipeline <= 1), on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SENTENCES = [
+    "the cat sat on the mat and looked at the birds in the garden",
+    "a dog ran in the park while the children played with a red ball",
+    "she has two red books and a blue pen on her desk",
+    "we like to sing songs when the sun goes down over the hills",
+    "it 's a big blue sky today with only a few white clouds",
+    "my friend eats green apples every morning before work",
+]
+
+
+def make_audio(seconds: float, path: Path) -> np.ndarray:
+    import soundfile as sf
+
+    if shutil.which("flite"):
+        pieces, total, i = [], 0, 0
+        with tempfile.TemporaryDirectory() as tmp:
+            while total < seconds * 16000:
+                out = Path(tmp) / f"{i}.wav"
+                voice = ("slt", "rms", "awb")[i % 3]
+                subprocess.run(["flite", "-voice", voice, "-t", SENTENCES[i % len(SENTENCES)], "-o", str(out)], check=True)
+                a, sr = sf.read(out, dtype="float32")
+                assert sr == 16000
+                pieces += [a, np.zeros(4000, np.float32)]
+                total += len(a) + 4000
+                i += 1
+        audio = np.concatenate(pieces)[: int(seconds * 16000)]
+    else:
+        audio = (np.random.default_rng(0).standard_normal(int(seconds * 16000)) * 0.1).astype(np.float32)
+    sf.write(path, audio, 16000, subtype="PCM_16")
+    return sf.read(path, dtype="float32")[0]
+
+
+def make_model(path: Path) -> int:
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+
+    from fedw2v.model import build_processor, save_model, with_ctc_head
+    from fedw2v.text import character_vocabulary
+
+    vocab = character_vocabulary()
+    config = with_ctc_head(Wav2Vec2Config(), len(vocab))  # the wav2vec2-base architecture
+    torch.manual_seed(0)
+    model = Wav2Vec2ForCTC(config)
+    save_model(model, build_processor(vocab, config), path)
+    return sum(p.numel() for p in model.parameters())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = ap.parse_args()
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    from transformers import pipeline
+    from transformers.utils import logging as hf_logging
+
+    from fedw2v.audio import load_audio
+    from fedw2v.decode import Decoder
+    from fedw2v.model import load_model
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    with tempfile.TemporaryDirectory() as tmp:
+        wav, model_dir = Path(tmp) / "audio.wav", Path(tmp) / "model"
+        audio = make_audio(args.seconds, wav)
+        params = make_model(model_dir)
+        asr = pipeline("automatic-speech-recognition", model=str(model_dir), device="cpu")
+        loaded = load_model(str(model_dir))
+        dec = Decoder(loaded.model, loaded.processor, "cpu")
+        runs = {
+            "hf-pipeline": lambda: asr({"raw": audio.copy(), "sampling_rate": 16000})["text"],
+            "hf-pipeline-chunked": lambda: asr({"raw": audio.copy(), "sampling_rate": 16000}, chunk_length_s=30)["text"],
+            "fedw2v": lambda: dec.transcribe(load_audio(wav)).text,
+            "fedw2v-one-pass": lambda: dec.transcribe(load_audio(wav), chunk_s=args.seconds + 1).text,
+        }
+        times: dict[str, list[float]] = {k: [] for k in runs}
+        texts = {}
+        for name, fn in runs.items():
+            texts[name] = fn()  # warm-up
+        for _ in range(args.repeat):
+            for name, fn in runs.items():
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    best = {k: min(v) for k, v in times.items()}
+    med = {k: statistics.median(v) for k, v in times.items()}
+    result = {
+        "audio_seconds": args.seconds,
+        "params": params,
+        "threads": torch.get_num_threads(),
+        "best_s": best,
+        "median_s": med,
+        "rtf_best": {k: v / args.seconds for k, v in best.items()},
+        "ratio_fedw2v_vs_pipeline_best": best["fedw2v"] / best["hf-pipeline"],
+        "ratio_fedw2v_vs_pipeline_median": med["fedw2v"] / med["hf-pipeline"],
+        "ratio_fedw2v_vs_pipeline_chunked_best": best["fedw2v"] / best["hf-pipeline-chunked"],
+        # One pass over the whole file, like the pipeline's default: the same frames, so the same text.
+        "one_pass_same_text_as_pipeline": " ".join(texts["fedw2v-one-pass"].split())
+        == " ".join(texts["hf-pipeline"].split()),
+    }
+    print(json.dumps(result, indent=2))
+    print(
+        f"\n| {args.seconds:g} s audio, {params / 1e6:.0f}M params, CPU {result['threads']} threads | "
+        f"hf-pipeline {best['hf-pipeline']:.2f} s (RTF {best['hf-pipeline'] / args.seconds:.3f}) | "
+        f"hf-pipeline chunk 30 s {best['hf-pipeline-chunked']:.2f} s | "
+        f"fedw2v {best['fedw2v']:.2f} s (RTF {best['fedw2v'] / args.seconds:.3f}) | "
+        f"fedw2v one pass {best['fedw2v-one-pass']:.2f} s | "
+        f"ratio {result['ratio_fedw2v_vs_pipeline_best']:.2f} |",
+        file=sys.stderr,
+    )
+
+
+if __name__ == "__main__":
+    main()

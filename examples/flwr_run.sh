@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Run fedw2v's Flower app (the ServerApp/ClientApp that `fedw2v simulate` runs) with `flwr run`, on a local
+# simulation SuperLink on loopback, then stop that SuperLink and everything it started.
+#
+#   examples/flwr_run.sh [CLIENTS_MANIFEST] [RUN_DIR] [extra run-config, e.g. "rounds=3 seed=1"]
+#
+# The run config defaults are in pyproject.toml ([tool.flwr.app.config]: the tiny model, 2 rounds, CPU);
+# `make demo` makes demo/clients.parquet. Needs: the project's .venv (make install).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CLIENTS=$(realpath "${1:-demo/clients.parquet}")
+RUN_DIR=$(realpath -m "${2:-runs/flwr-demo}")
+EXTRA=${3:-}
+export PATH="$PWD/.venv/bin:$PATH"
+export FLWR_HOME=${FLWR_HOME:-$(mktemp -d)}
+export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
+mkdir -p "$FLWR_HOME"
+cat > "$FLWR_HOME/config.toml" <<TOML
+[superlink]
+default = "local"
+
+[superlink.local]
+address = ":local:"
+options.num-supernodes = 2
+options.backend.client-resources.num-cpus = 1
+options.backend.client-resources.num-gpus = 0.0
+TOML
+
+kill_tree() {  # a process and everything below it
+  local pid=$1 child
+  for child in $(pgrep -P "$pid" 2>/dev/null); do kill_tree "$child"; done
+  kill -9 "$pid" 2>/dev/null || true
+}
+stop_superlink() {
+  local pid
+  for pid in $(pgrep -f "flower-superlink.*$FLWR_HOME" 2>/dev/null); do kill_tree "$pid"; done
+}
+trap stop_superlink EXIT
+
+flwr run . --stream --run-config "clients-manifest='$CLIENTS' run-dir='$RUN_DIR' $EXTRA"
+test -f "$RUN_DIR/checkpoints/LATEST" || { echo "flwr run finished without a checkpoint in $RUN_DIR" >&2; exit 1; }
+echo "flwr run: $RUN_DIR/checkpoints/$(cat "$RUN_DIR/checkpoints/LATEST")"

@@ -1,0 +1,188 @@
+"""The Flower ClientApp: one client's local training, in a worker process that keeps its model.
+
+A training message names the client (`client-id`), the round and where everything is (the partitioned
+manifest, the run's round-0 checkpoint), and carries the global weights (trainable parameters, by name).
+The worker builds its model once from the round-0 checkpoint and loads each round's weights into it; it
+reads the manifest once. It trains the client's local train split with `fedw2v.train.local_train`, scores its
+local dev split (WER) when it has one, and replies with its weights, sample count, loss and dev WER — or, if
+anything fails (unreadable audio, out of memory, a non-finite loss), with the error text and no weights, so
+the server leaves it out of the round and logs why.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from dataclasses import dataclass, replace
+from typing import Any
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedw2v.fl.records import arrays_from_record, record_from_arrays
+
+
+def client_seed(seed: int, round_: int, client_id: int) -> int:
+    """The local-training seed of one client in one round: independent of which worker runs it."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, round_, client_id]).generate_state(1)[0])
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    client_id: int
+    round: int
+    manifest: str  # the partitioned manifest
+    corpus_root: str  # override of the manifest's corpus root ('' = the stored one)
+    base_model: str  # the run's round-0 checkpoint (the model every worker builds once)
+    train_config: dict  # fedw2v.train.TrainConfig fields
+    seed: int
+
+    @classmethod
+    def from_record(cls, config: Any) -> TrainJob:
+        return cls(
+            client_id=int(config["client-id"]), round=int(config["round"]), manifest=str(config["manifest"]),
+            corpus_root=str(config["corpus-root"]), base_model=str(config["base-model"]),
+            train_config=json.loads(str(config["train-config"])), seed=int(config["seed"]),
+        )
+
+    def to_record(self) -> ConfigRecord:
+        return ConfigRecord({
+            "client-id": self.client_id, "round": self.round, "manifest": self.manifest,
+            "corpus-root": self.corpus_root, "base-model": self.base_model,
+            "train-config": json.dumps(self.train_config), "seed": self.seed,
+        })
+
+
+class Worker:
+    """What one worker process keeps between client calls: the model (built once per base checkpoint) and
+    the manifests it has read. One instance per process (`WORKER`)."""
+
+    def __init__(self) -> None:
+        self._model: tuple[str, Any] | None = None
+        self._manifests: dict[tuple[str, str], Any] = {}
+        self.builds = 0  # how many times a model was built in this process (tests check it stays 1)
+
+    def model(self, base: str) -> Any:
+        if self._model is None or self._model[0] != base:
+            from fedw2v.model import load_model
+
+            self._model = None  # free the old one first
+            self._model = (base, load_model(base))
+            self.builds += 1
+        return self._model[1]
+
+    def utterances(self, job: TrainJob, local_split: str) -> list:
+        from fedw2v import manifest as mf
+        from fedw2v.batching import utterances_from_manifest
+
+        key = (job.manifest, job.corpus_root)
+        if key not in self._manifests:
+            self._manifests = {key: mf.read(job.manifest)}
+        return utterances_from_manifest(
+            self._manifests[key], split="train", local_split=local_split, client_id=job.client_id,
+            corpus_root=job.corpus_root or None,
+        )
+
+
+WORKER = Worker()
+
+
+def run_train(content: RecordDict, worker: Worker = WORKER) -> RecordDict:
+    """Handle one training message's content; never raises (a failure is a reply with `error` set)."""
+    t0 = time.perf_counter()
+    config = content["config"]
+    client_id = int(config["client-id"])
+    try:
+        job = TrainJob.from_record(config)
+        metrics, arrays = _train(job, arrays_from_record(content["arrays"]), worker)
+        reply = RecordDict({
+            "arrays": record_from_arrays(arrays),
+            "metrics": MetricRecord({**metrics, "seconds": time.perf_counter() - t0}),
+            "status": ConfigRecord({"client-id": client_id, "error": "", "builds": worker.builds}),
+        })
+    except BaseException as exc:  # noqa: BLE001 -- reported to the server, which leaves the client out
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        _free_cuda()
+        reply = RecordDict({
+            "metrics": MetricRecord({"seconds": time.perf_counter() - t0}),
+            "status": ConfigRecord({
+                "client-id": client_id, "error": _one_line(exc), "builds": worker.builds,
+                "traceback": "".join(traceback.format_exception(exc))[-4000:],
+            }),
+        })
+    return reply
+
+
+def _train(job: TrainJob, global_arrays: dict, worker: Worker) -> tuple[dict, dict]:
+    from fedw2v.decode import Decoder
+    from fedw2v.fl.weights import load_arrays, non_finite, trainable_arrays
+    from fedw2v.metrics import score
+    from fedw2v.train import TrainConfig, local_train, set_feature_encoder_frozen
+
+    lm = worker.model(job.base_model)
+    train_config = replace(TrainConfig(**job.train_config), seed=client_seed(job.seed, job.round, job.client_id))
+    set_feature_encoder_frozen(lm.model, train_config.freeze_feature_encoder)
+    expected = set(trainable_arrays_names(lm.model))
+    if set(global_arrays) != expected:
+        missing = sorted(expected - set(global_arrays))[:3]
+        raise RuntimeError(f"global weights do not match the model's trainable parameters (e.g. {missing})")
+    load_arrays(lm.model, global_arrays)
+    train = worker.utterances(job, "train")
+    if not train:
+        raise RuntimeError(f"client {job.client_id} has no local train utterances")
+    dev = worker.utterances(job, "dev")
+    m = local_train(lm.model, lm.processor, train, train_config, dev=dev or None)
+    if m.samples == 0:
+        raise RuntimeError(
+            f"client {job.client_id}: none of its {len(train)} utterances lies within the training duration filter"
+        )
+    if m.steps == 0:
+        raise RuntimeError(
+            f"client {job.client_id}: no optimizer step was taken ({m.skipped_batches} of {m.batches} batches had "
+            "a non-finite loss or gradient)"
+        )
+    arrays = trainable_arrays(lm.model)
+    bad = non_finite(arrays)
+    if bad:
+        raise RuntimeError(f"client {job.client_id}: non-finite weights after training ({', '.join(bad[:3])})")
+    metrics: dict[str, Any] = {
+        "samples": m.samples, "filtered": m.filtered, "steps": m.steps, "skipped-batches": m.skipped_batches,
+        "loss": float(m.loss) if m.loss is not None else float("nan"), "train-seconds": m.seconds,
+        "audio-seconds": m.audio_seconds,
+    }
+    if dev:
+        hyps = Decoder(lm.model, lm.processor).decode_utterances(dev)
+        metrics["dev-wer"] = score([u.text for u in dev], hyps).wer
+        metrics["dev-utterances"] = len(dev)
+    return metrics, arrays
+
+
+def trainable_arrays_names(model: Any) -> list[str]:
+    return [name for name, p in model.named_parameters() if p.requires_grad]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:500]
+
+
+def _free_cuda() -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    return Message(run_train(msg.content), reply_to=msg)

@@ -1,0 +1,322 @@
+"""The Flower ServerApp: sampling, aggregation, evaluation, checkpoints and resume (the Message API).
+
+Each round: sample `clients_per_round` client ids (seeded generator, state checkpointed); send every sampled
+client the global trainable weights and its job; collect replies as they arrive (the live display counts
+them); leave out failed clients (their error is logged); stop with `RunFailed` when fewer than
+`required_successes` succeeded; weight the rest (`fl.aggregate.client_weights`) and average them in client-id
+order (`fl.aggregate.weighted_average`); evaluate the global model on the whole eval split every
+`eval_every` rounds; write the checkpoint (HF model dir + state.json), then replace checkpoints/LATEST, prune,
+plot and log. metrics.jsonl events of a round are written in a fixed order (fit results by client id), so an
+interrupted and resumed run logs exactly what an uninterrupted one does, timings aside.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from fedw2v.errors import InputError, RunFailed
+from fedw2v.fl.config import SimulateConfig
+
+Reporter = Callable[[dict], None]
+TIMING_KEYS = ("seconds", "time", "train_seconds", "eval_seconds", "aggregate_seconds")
+
+
+@dataclass
+class RunState:
+    """What state.json holds: enough to continue exactly where the run stopped."""
+
+    round: int = 0
+    sampler: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)  # {"round", "wer", "cer", "loss"} per evaluation
+    best_round: int | None = None
+    best_wer: float | None = None
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"round": self.round, "sampler": self.sampler, "history": self.history,
+                "best_round": self.best_round, "best_wer": self.best_wer, "seed": self.seed}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunState:
+        return cls(int(data["round"]), data["sampler"], list(data.get("history", [])), data.get("best_round"),
+                   data.get("best_wer"), int(data.get("seed", 0)))
+
+
+def check_run_dir(config: SimulateConfig) -> None:
+    """A new run needs an unused run directory; a resumed one needs a checkpoint and the same configuration
+    (config.json), except the keys of `RESUMABLE_CHANGES`. Writes config.json for a new run."""
+    from fedw2v import runs
+
+    run = Path(config.run_dir)
+    recorded = run / runs.CONFIG
+    if config.resume:
+        if not (run / "checkpoints" / runs.LATEST).is_file():
+            raise InputError(f"{run}: nothing to resume (no checkpoints/{runs.LATEST})", hint="start it without --resume")
+        if recorded.is_file():
+            diff = config.differences(runs.read_json(recorded))
+            if diff:
+                raise InputError(
+                    f"{run}: cannot resume with a different configuration: {', '.join(diff)} differ from "
+                    f"{runs.CONFIG}", hint="use the run's original options, or a new --run-dir",
+                )
+        runs.write_json_atomic(recorded, config.to_dict())
+        return
+    if runs.checkpoint_rounds(run) or (run / runs.METRICS).is_file():
+        raise InputError(
+            f"{run}: already holds a run", hint="continue it with --resume, or choose another --run-dir"
+        )
+    runs.write_json_atomic(recorded, config.to_dict())
+
+
+class Server:
+    """One federated run on one Grid; `run()` goes from the current state to `config.rounds`."""
+
+    def __init__(self, grid: Grid, config: SimulateConfig, reporter: Reporter | None = None):
+        from fedw2v import manifest as mf
+        from fedw2v import runs
+
+        self.grid = grid
+        self.config = config
+        self.report = reporter or (lambda event: None)
+        self.run_dir = Path(config.run_dir)
+        self.log = runs.MetricsLog(self.run_dir)
+        self.manifest = mf.read(config.clients_manifest)
+        ids = self.manifest.table.column("client_id").drop_null().unique().to_pylist()
+        if not ids:
+            raise InputError(
+                f"{config.clients_manifest}: no client_id is set", hint="make clients with `fedw2v partition`"
+            )
+        self.client_ids = sorted(int(i) for i in ids)
+        self.train_config = config.train_config()
+        self.base_model = str(self.run_dir / "checkpoints" / runs.checkpoint_name(0))
+
+    # ---------------------------------------------------------------- the run
+
+    def run(self) -> RunState:
+        from fedw2v.fl.sampling import ClientSampler
+        from fedw2v.train import set_feature_encoder_frozen
+
+        check_run_dir(self.config)
+        sampler = ClientSampler(self.client_ids, self.config.clients_per_round, self.config.seed)
+        if self.config.resume:
+            state, lm = self._resume(sampler)
+        else:
+            state, lm = self._start(sampler)
+        set_feature_encoder_frozen(lm.model, self.config.freeze_feature_encoder)
+        for r in range(state.round + 1, self.config.rounds + 1):
+            self._round(r, sampler, state, lm)
+        return state
+
+    def _start(self, sampler: Any) -> tuple[RunState, Any]:
+        import pyarrow.compute as pc
+
+        from fedw2v.model import load_model
+
+        t0 = time.perf_counter()
+        train_texts = self.manifest.table.filter(pc.equal(self.manifest.table.column("split"), "train"))
+        lm = load_model(self.config.model, texts=train_texts.column("text").to_pylist(), seed=self.config.seed)
+        state = RunState(sampler=sampler.state, seed=self.config.seed)
+        self._emit({"event": "round_start", "round": 0, "clients": [], "model": str(lm.source),
+                    "new_head": lm.new_head, "parameters": sum(p.numel() for p in lm.model.parameters())})
+        self._evaluate(0, state, lm)
+        self._checkpoint(0, state, lm, t0)
+        return state, lm
+
+    def _resume(self, sampler: Any) -> tuple[RunState, Any]:
+        from fedw2v import runs
+        from fedw2v.model import load_model
+
+        latest = runs.latest_checkpoint(self.run_dir)
+        state = RunState.from_dict(runs.read_json(latest / runs.STATE))
+        sampler.state = state.sampler
+        dropped = self.log.truncate_after(state.round)
+        lm = load_model(str(latest))
+        self.report({"event": "resume", "from_round": state.round, "dropped_events": dropped})
+        return state, lm
+
+    def _round(self, r: int, sampler: Any, state: RunState, lm: Any) -> None:
+        from fedw2v.fl.aggregate import ClientStats, client_weights, weighted_average
+        from fedw2v.fl.weights import load_arrays
+
+        t0 = time.perf_counter()
+        clients = sampler.sample()
+        state.sampler = sampler.state
+        self._emit({"event": "round_start", "round": r, "clients": clients})
+        results = self._fit(r, clients, lm)
+        ok = {cid: res for cid, res in results.items() if res["error"] is None}
+        for cid in sorted(results):
+            res = results[cid]
+            self._emit({"event": "fit", "round": r, "client": cid, "error": res["error"], **res["metrics"]})
+        if len(ok) < self.config.required_successes:
+            first = next((f"client {c}: {res['error']}" for c, res in sorted(results.items()) if res["error"]), "")
+            self._emit({"event": "round_failed", "round": r, "succeeded": len(ok), "failed": len(results) - len(ok)})
+            raise RunFailed(
+                f"round {r}: {len(ok)} of {len(clients)} clients succeeded, {self.config.required_successes} needed "
+                f"(--min-fit-clients); the run stopped at checkpoint round {state.round} ({first})",
+                hint="fix the failing clients, then continue with --resume",
+            )
+        ta = time.perf_counter()
+        stats = [ClientStats(cid, int(res["metrics"]["samples"]), res["metrics"].get("loss"),
+                             _percent(res["metrics"].get("dev_wer"))) for cid, res in sorted(ok.items())]
+        weights = client_weights(stats, self.config.weighting)
+        averaged = weighted_average({cid: res["arrays"] for cid, res in ok.items()}, weights)
+        del results, ok
+        load_arrays(lm.model, averaged)
+        del averaged
+        self._emit({"event": "aggregate", "round": r, "weighting": self.config.weighting,
+                    "weights": {str(c): w for c, w in sorted(weights.items())}, "clients": len(weights),
+                    "seconds": time.perf_counter() - ta})
+        if r % self.config.eval_every == 0 or r == self.config.rounds:
+            self._evaluate(r, state, lm)
+        self._checkpoint(r, state, lm, t0)
+
+    def _fit(self, r: int, clients: list[int], lm: Any) -> dict[int, dict]:
+        """Send every sampled client its job; collect replies as they arrive. {client id: result}."""
+        from fedw2v.fl.client_app import TrainJob
+        from fedw2v.fl.records import arrays_from_record, record_from_arrays
+        from fedw2v.fl.weights import non_finite, trainable_arrays
+
+        record = record_from_arrays(trainable_arrays(lm.model))
+        nodes = self._nodes()
+        messages = []
+        for i, cid in enumerate(clients):
+            job = TrainJob(cid, r, str(Path(self.config.clients_manifest).resolve()), self.config.corpus_root,
+                           self.base_model, self.train_config.to_dict(), self.config.seed)
+            messages.append(Message(RecordDict({"arrays": record, "config": job.to_record()}),
+                                    dst_node_id=nodes[i % len(nodes)], message_type=MessageType.TRAIN,
+                                    group_id=str(r)))
+        ids = list(self.grid.push_messages(messages))
+        by_id = dict(zip(ids, clients))
+        pending = set(ids)
+        results: dict[int, dict] = {}
+        while pending:
+            for reply in self.grid.pull_messages(list(pending)):
+                msg_id = reply.metadata.reply_to_message_id
+                if msg_id not in pending:
+                    continue
+                pending.discard(msg_id)
+                cid = by_id[msg_id]
+                results[cid] = self._result(reply, arrays_from_record, non_finite)
+                self.report({"event": "client_done", "round": r, "client": cid, "error": results[cid]["error"],
+                             "done": len(results), "of": len(clients)})
+            if pending:
+                time.sleep(0.05)
+        return results
+
+    @staticmethod
+    def _result(reply: Message, arrays_from_record: Any, non_finite: Any) -> dict:
+        if reply.has_error():
+            reason = " ".join(str(reply.error.reason).split())
+            return {"error": f"client app crashed: {reason[:300]}", "metrics": {}, "arrays": None}
+        content = reply.content
+        status = content["status"]
+        metrics = {k.replace("-", "_"): v for k, v in dict(content["metrics"]).items()}
+        metrics["worker_builds"] = int(status["builds"])
+        if status["error"]:
+            return {"error": str(status["error"]), "metrics": metrics, "arrays": None}
+        arrays = arrays_from_record(content["arrays"])
+        bad = non_finite(arrays)
+        if bad:
+            return {"error": f"non-finite weights received ({', '.join(bad[:3])})", "metrics": metrics, "arrays": None}
+        return {"error": None, "metrics": metrics, "arrays": arrays}
+
+    def _nodes(self) -> list[int]:
+        deadline = time.monotonic() + 120
+        while True:
+            nodes = sorted(self.grid.get_node_ids())
+            if nodes:
+                return nodes
+            if time.monotonic() > deadline:
+                raise RunFailed("no Flower SuperNode connected within 120 s")
+            time.sleep(0.2)
+
+    # ---------------------------------------------------------------- evaluation, checkpoints, logging
+
+    def _evaluate(self, r: int, state: RunState, lm: Any) -> None:
+        from fedw2v.batching import utterances_from_manifest
+        from fedw2v.evaluate import EvaluateConfig, evaluate
+        from fedw2v.train import evaluate_loss, resolve_device
+
+        t0 = time.perf_counter()
+        device = resolve_device("auto")
+        result = evaluate(self.manifest, lm.model, lm.processor,
+                          EvaluateConfig(split=self.config.eval_split, device=device),
+                          progress=lambda done, total: self.report(
+                              {"event": "evaluating", "round": r, "done": done, "of": total}))
+        utts = utterances_from_manifest(self.manifest, split=self.config.eval_split,
+                                        corpus_root=self.config.corpus_root or None)
+        loss = evaluate_loss(lm.model, lm.processor, utts, self.train_config, device)
+        wer, cer = result.overall.wer, result.overall.cer
+        state.history.append({"round": r, "wer": wer, "cer": cer, "loss": loss})
+        if state.best_wer is None or wer < state.best_wer:
+            state.best_round, state.best_wer = r, wer
+        self._emit({"event": "evaluate", "round": r, "split": self.config.eval_split, "wer": wer, "cer": cer,
+                    "loss": loss, "utterances": result.overall.utterances, "seconds": time.perf_counter() - t0})
+
+    def _checkpoint(self, r: int, state: RunState, lm: Any, t0: float) -> None:
+        from fedw2v import plots, runs
+        from fedw2v.model import save_model
+
+        state.round = r
+        name = runs.checkpoint_name(r)
+        save_model(lm.model, lm.processor, self.run_dir / "checkpoints" / name,
+                   extra_json={runs.STATE: state.to_dict()})
+        if state.history:
+            h = state.history
+            plots.wer_per_round([e["round"] for e in h], [e["wer"] for e in h], self.run_dir / "plots" / "wer.png",
+                                cer=[e["cer"] for e in h], title=f"{Path(self.config.run_dir).name}: global model, "
+                                f"{self.config.eval_split} split")
+        # The round's last event is logged before LATEST moves: a crash in between redoes the whole round (its
+        # events are dropped on resume); a crash after it leaves a complete round.
+        self._emit({"event": "round_end", "round": r, "checkpoint": name, "best_round": state.best_round,
+                    "best_wer": state.best_wer, "seconds": time.perf_counter() - t0})
+        runs.publish_checkpoint(self.run_dir, name)
+        protect = {0, r} | ({state.best_round} if state.best_round is not None else set())
+        protect |= set(self.config.footprint_rounds) | {x - 1 for x in self.config.footprint_rounds}
+        runs.prune_checkpoints(self.run_dir, self.config.keep_checkpoints, protect)
+
+    def _emit(self, event: dict) -> None:
+        event = {**event, "time": time.time()}
+        self.log.append(event)
+        self.report(event)
+
+
+def _percent(value: Any) -> float | None:
+    return None if value is None else 100.0 * float(value)
+
+
+@dataclass
+class Outcome:
+    """What the server thread leaves for the caller (Flower runs the ServerApp in a thread)."""
+
+    state: RunState | None = None
+    error: BaseException | None = None
+
+
+def make_server_app(reporter: Reporter | None = None, outcome: Outcome | None = None) -> ServerApp:
+    """A ServerApp running `Server` with the run config of its context (fedw2v simulate or `flwr run`)."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        try:
+            config = SimulateConfig.from_run_config(dict(context.run_config))
+            state = Server(grid, config, reporter).run()
+            if outcome is not None:
+                outcome.state = state
+        except BaseException as exc:  # noqa: BLE001 -- handed to the caller, which reports it in one line
+            if outcome is None:
+                raise
+            outcome.error = exc
+
+    return app
+
+
+app = make_server_app()

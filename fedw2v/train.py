@@ -1,0 +1,453 @@
+"""Local training: one client's (or the central) fine-tuning of a CTC model on a list of utterances.
+
+`local_train` is the paper's recipe (../shared/REFERENCE.md §1) with its defaults: Adam, learning rate 1e-4 for
+the wav2vec2 encoder and 1e-3 for the CTC head, NewBob annealing on the dev loss (factors 0.9 / 0.8, threshold
+0.0025), gradient-norm clip 5, fp32, the whole model trained, 20 epochs, batches of 4, utterances of 0.1-10 s.
+Every piece is an option of `TrainConfig` (optimizer, learning rates, warm-up, frozen feature encoder,
+gradient accumulation, autocast and gradient checkpointing on CUDA), so a recipe that learns a random-init
+model from scratch (`TINY_RECIPE`) is the same code.
+
+It builds nothing and writes nothing: the caller owns the model (the federated clients load weights into one
+model object per process and call this for each round). The optimizer and the schedules start fresh on every
+call, as in the paper's code. A batch whose loss (or gradient) is not finite is skipped and counted; it never
+reaches the weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from fedw2v.errors import EnvironmentProblem
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fedw2v.batching import Utterance
+
+OPTIMIZERS = ("adam", "adamw")
+PRECISIONS = ("fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+HEAD_PREFIX = "lm_head."
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20  # passes over the data (paper: 20 local epochs)
+    max_batch_size: int = 4  # utterances per batch at most (paper: 4)
+    max_batch_seconds: float = 40.0  # padded audio per batch at most (longest item x batch size), seconds
+    grad_accum_steps: int = 1  # batches whose gradients are summed before one optimizer step
+    optimizer: str = "adam"  # adam (paper) | adamw
+    lr_encoder: float = 1e-4  # learning rate of the wav2vec2 encoder (paper: 1e-4)
+    lr_head: float = 1e-3  # learning rate of the CTC head (paper: 1e-3)
+    weight_decay: float = 0.0  # decoupled for adamw, L2 for adam
+    warmup_steps: int = 0  # linear learning-rate warm-up over this many optimizer steps (0: none)
+    newbob: bool = True  # anneal the learning rates when the dev loss stops improving (needs dev data)
+    newbob_factor_encoder: float = 0.9  # encoder learning rate multiplier on no improvement (paper: 0.9)
+    newbob_factor_head: float = 0.8  # head learning rate multiplier on no improvement (paper: 0.8)
+    newbob_threshold: float = 0.0025  # relative dev-loss improvement below which NewBob anneals (paper: 0.0025)
+    clip_norm: float = 5.0  # gradient-norm clip (paper: 5)
+    freeze_feature_encoder: bool = False  # keep the CNN feature encoder fixed (paper: trained)
+    min_seconds: float | None = 0.1  # drop training utterances shorter than this (paper: 0.1; None: no bound)
+    max_seconds: float | None = 10.0  # drop training utterances longer than this (paper: 10; None: no bound)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 autocast; CUDA only (the CPU always trains in fp32)
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass; CUDA only
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda
+    seed: int = 0  # batch order, dropout and masking
+    max_steps: int | None = None  # stop after this many optimizer steps (None: run all epochs)
+    num_workers: int = 0  # audio-reading worker processes (0: read in the training process)
+    cache_audio_seconds: float = 7200.0  # keep decoded audio in memory when the data is at most this long
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, "epochs must be at least 1"),
+            (self.max_batch_size >= 1, "max_batch_size must be at least 1"),
+            (self.max_batch_seconds > 0, "max_batch_seconds must be positive"),
+            (self.grad_accum_steps >= 1, "grad_accum_steps must be at least 1"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
+            (self.lr_encoder >= 0 and self.lr_head >= 0, "learning rates must be non-negative"),
+            (self.weight_decay >= 0, "weight_decay must be non-negative"),
+            (self.warmup_steps >= 0, "warmup_steps must be non-negative"),
+            (
+                0 < self.newbob_factor_encoder <= 1 and 0 < self.newbob_factor_head <= 1,
+                "NewBob factors must be in (0, 1]",
+            ),
+            (self.clip_norm > 0, "clip_norm must be positive"),
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
+            (self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}"),
+            (self.max_steps is None or self.max_steps >= 1, "max_steps must be at least 1"),
+            (self.num_workers >= 0, "num_workers must be non-negative"),
+            (
+                self.min_seconds is None or self.max_seconds is None or self.min_seconds <= self.max_seconds,
+                "min_seconds must not exceed max_seconds",
+            ),
+        ]
+        for ok, rule in checks:
+            if not ok:
+                raise ValueError(rule)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Learns the random-init `tiny` preset from scratch on CPU (REFERENCE §5): AdamW 2e-3 with 100 warm-up steps.
+TINY_RECIPE = dict(
+    optimizer="adamw", lr_encoder=2e-3, lr_head=2e-3, warmup_steps=100, max_batch_size=16, max_batch_seconds=120.0,
+    newbob=False,
+)
+RECIPES: dict[str, dict[str, Any]] = {"paper": {}, "tiny": TINY_RECIPE}
+
+
+def recipe(name: str, **overrides: Any) -> TrainConfig:
+    """A named recipe (paper | tiny) with explicit overrides (None values ignored)."""
+    if name not in RECIPES:
+        raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, not {name!r}")
+    return TrainConfig(**{**RECIPES[name], **{k: v for k, v in overrides.items() if v is not None}})
+
+
+@dataclass
+class TrainProgress:
+    epoch: int  # 0-based
+    epochs: int
+    batch: int  # batches done in this epoch
+    batches: int  # batches per epoch
+    steps: int  # optimizer steps so far
+    loss: float  # mean training loss of this epoch so far
+    audio_seconds_per_second: float  # throughput since the start
+
+
+@dataclass
+class TrainMetrics:
+    samples: int  # training utterances after the duration filter (the FedAvg weight)
+    filtered: int  # utterances dropped by the duration filter
+    steps: int = 0  # optimizer steps taken
+    batches: int = 0  # batches run, skipped ones included
+    samples_seen: int = 0  # utterances processed over all epochs
+    skipped_batches: int = 0  # batches whose loss or gradient was not finite (never applied)
+    epoch_loss: list[float] = field(default_factory=list)  # mean training loss per epoch
+    dev_loss: list[float | None] = field(default_factory=list)  # dev loss after each epoch (None: no dev data)
+    lr_encoder: float = 0.0  # learning rates at the end (after NewBob)
+    lr_head: float = 0.0
+    seconds: float = 0.0  # wall time
+    audio_seconds: float = 0.0  # audio processed over all epochs
+    device: str = "cpu"
+    precision: str = "fp32"  # what was actually used
+
+    @property
+    def loss(self) -> float | None:
+        return self.epoch_loss[-1] if self.epoch_loss else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class NewBob:
+    """SpeechBrain's NewBob: multiply by ``factor`` when the relative improvement is below ``threshold``."""
+
+    def __init__(self, factor: float, threshold: float, patience: int = 0):
+        self.factor = factor
+        self.threshold = threshold
+        self.patience = patience
+        self.wait = patience
+        self.scale = 1.0
+        self.previous: float | None = None
+
+    def step(self, metric: float) -> float:
+        if self.previous is not None and self.previous != 0:
+            improvement = (self.previous - metric) / self.previous
+            if improvement < self.threshold:
+                if self.wait == 0:
+                    self.scale *= self.factor
+                    self.wait = self.patience
+                else:
+                    self.wait -= 1
+        self.previous = metric
+        return self.scale
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise EnvironmentProblem("--device cuda: no CUDA GPU is available here", hint="use --device cpu or auto")
+    return name
+
+
+class SegmentDataset:
+    """Items (audio, label ids) for a torch DataLoader: audio read from its source file, or from memory."""
+
+    def __init__(self, utterances: Sequence[Utterance], tokenizer: Any, cache: bool):
+        from fedw2v.audio import read_segment
+
+        self.utterances = list(utterances)
+        self.labels = [tokenizer(u.text)["input_ids"] for u in self.utterances]
+        self.audio = [read_segment(u.path, u.start, u.end) for u in self.utterances] if cache else None
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    def __getitem__(self, i: int):
+        from fedw2v.audio import read_segment
+
+        if self.audio is not None:
+            return self.audio[i], self.labels[i]
+        u = self.utterances[i]
+        return read_segment(u.path, u.start, u.end), self.labels[i]
+
+
+class Collator:
+    """Pads audio (feature extractor: normalisation, attention mask) and labels (-100, ignored by the loss)."""
+
+    def __init__(self, feature_extractor: Any, min_samples: int = 0, min_item_samples: int = 0):
+        self.fe = feature_extractor
+        self.min_samples = min_samples  # a batch shorter than this is padded (attention-masked) up to it
+        self.min_item_samples = min_item_samples  # an item shorter than this (one frame) is zero-padded
+
+    def __call__(self, items):
+        import numpy as np
+        import torch
+
+        need = self.min_item_samples
+        audios = [a if len(a) >= need else np.pad(a, (0, need - len(a))) for a, _ in items]
+        short = max(len(a) for a in audios) < self.min_samples
+        feats = self.fe(
+            audios,
+            sampling_rate=self.fe.sampling_rate,
+            padding="max_length" if short else True,
+            max_length=self.min_samples if short else None,
+            return_tensors="pt",
+            return_attention_mask=bool(getattr(self.fe, "return_attention_mask", False)),
+        )
+        width = max(len(lab) for _, lab in items)
+        labels = torch.full((len(items), max(1, width)), -100, dtype=torch.long)
+        for i, (_, lab) in enumerate(items):
+            labels[i, : len(lab)] = torch.tensor(lab, dtype=torch.long)
+        batch = {"input_values": feats["input_values"], "labels": labels}
+        if "attention_mask" in feats:
+            batch["attention_mask"] = feats["attention_mask"]
+        batch["audio_seconds"] = sum(len(a) for a in audios) / self.fe.sampling_rate
+        return batch
+
+
+def set_feature_encoder_frozen(model: Any, frozen: bool) -> None:
+    """Freeze (or unfreeze) the CNN feature encoder; idempotent, so one model object serves many calls."""
+    encoder = model.wav2vec2.feature_extractor
+    for p in encoder.parameters():
+        p.requires_grad = not frozen
+    encoder._requires_grad = not frozen
+
+
+def _set_checkpointing(model: Any, on: bool) -> None:
+    """Gradient (activation) checkpointing on or off, whatever a previous call left."""
+    active = any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+    if on and not active:
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
+    elif active and not on:
+        (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
+
+
+def param_groups(model: Any, config: TrainConfig) -> list[dict[str, Any]]:
+    """Two optimizer groups: the encoder (lr_encoder) and the CTC head (lr_head); frozen parameters left out."""
+    encoder, head = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (head if name.startswith(HEAD_PREFIX) else encoder).append(p)
+    groups = []
+    if encoder:
+        groups.append({"params": encoder, "lr": config.lr_encoder, "name": "encoder", "base_lr": config.lr_encoder})
+    if head:
+        groups.append({"params": head, "lr": config.lr_head, "name": "head", "base_lr": config.lr_head})
+    return groups
+
+
+def local_train(
+    model: Any,
+    processor: Any,
+    utterances: Sequence[Utterance],
+    config: TrainConfig = TrainConfig(),
+    dev: Sequence[Utterance] | None = None,
+    progress: Callable[[TrainProgress], None] | None = None,
+    on_epoch: Callable[[int, TrainMetrics], None] | None = None,
+) -> TrainMetrics:
+    """Train ``model`` in place on ``utterances`` (and anneal on ``dev``); return what happened.
+
+    ``progress`` is called after every batch, ``on_epoch(epoch, metrics so far)`` after every epoch (e.g. to
+    log or checkpoint). The model stays on the training device in train mode afterwards. Nothing is written
+    to disk here.
+    """
+    import torch
+
+    from fedw2v.batching import BucketBatchSampler, filter_by_duration
+    from fedw2v.model import min_train_samples, receptive_field
+
+    t0 = time.perf_counter()
+    device = resolve_device(config.device)
+    cuda = device.startswith("cuda")
+    if not cuda:
+        torch.set_flush_denormal(True)  # denormals slow CPU steps ~5x after warm-up (REFERENCE §5)
+    precision = config.precision if cuda else "fp32"
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    autocast_device = "cuda" if cuda else "cpu"
+
+    kept, dropped = filter_by_duration(utterances, config.min_seconds, config.max_seconds)
+    metrics = TrainMetrics(samples=len(kept), filtered=dropped, device=device, precision=precision)
+    metrics.lr_encoder, metrics.lr_head = config.lr_encoder, config.lr_head
+    if not kept:
+        metrics.seconds = time.perf_counter() - t0
+        return metrics
+    dev_kept = filter_by_duration(dev, config.min_seconds, config.max_seconds)[0] if dev else []
+
+    model.to(device)
+    set_feature_encoder_frozen(model, config.freeze_feature_encoder)
+    _set_checkpointing(model, cuda and config.gradient_checkpointing)
+
+    cache = config.cache_audio_seconds > 0 and sum(u.duration for u in kept) <= config.cache_audio_seconds
+    dataset = SegmentDataset(kept, processor.tokenizer, cache)
+    sampler = BucketBatchSampler(
+        [u.duration for u in kept], config.max_batch_seconds, config.max_batch_size, shuffle=True, seed=config.seed
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, num_workers=config.num_workers, pin_memory=cuda,
+        collate_fn=Collator(
+            processor.feature_extractor, min_train_samples(model.config), receptive_field(model.config)
+        ),
+    )
+    groups = param_groups(model, config)
+    opt_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    optimizer = opt_cls(groups, lr=config.lr_encoder, weight_decay=config.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda and precision == "fp16")
+    params = [p for g in groups for p in g["params"]]
+    newbob = {"encoder": NewBob(config.newbob_factor_encoder, config.newbob_threshold),
+              "head": NewBob(config.newbob_factor_head, config.newbob_threshold)}
+    scale = {"encoder": 1.0, "head": 1.0}
+
+    def set_lrs(step: int) -> None:
+        warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+        for g in optimizer.param_groups:
+            g["lr"] = g["base_lr"] * scale[g["name"]] * warm
+
+    rng_devices = [torch.device(device)] if cuda else []
+    # wav2vec2's time masking draws from numpy's global generator, dropout from torch's: seed both (and put
+    # them back afterwards), so the same seed gives the same weights whichever process runs the call.
+    with torch.random.fork_rng(devices=rng_devices), _numpy_seeded(config.seed):
+        torch.manual_seed(config.seed)
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        for epoch in range(config.epochs):
+            sampler.set_epoch(epoch)
+            batches = len(sampler)
+            loss_sum, loss_n, pending = 0.0, 0, 0
+            for b, batch in enumerate(loader, start=1):
+                metrics.batches += 1
+                audio_s = batch.pop("audio_seconds")
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                n = batch["labels"].shape[0]
+                with torch.autocast(device_type=autocast_device, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    loss = model(**batch).loss
+                if not torch.isfinite(loss.detach()):
+                    metrics.skipped_batches += 1
+                    optimizer.zero_grad(set_to_none=True)  # drop this accumulation window entirely
+                    pending = 0
+                else:
+                    scaler.scale(loss / config.grad_accum_steps).backward()
+                    pending += 1
+                    loss_sum += float(loss.detach()) * n
+                    loss_n += n
+                    metrics.samples_seen += n
+                    metrics.audio_seconds += audio_s
+                if pending and (pending == config.grad_accum_steps or b == batches):
+                    pending = 0
+                    scaler.unscale_(optimizer)
+                    norm = torch.nn.utils.clip_grad_norm_(params, config.clip_norm)
+                    if not torch.isfinite(norm):
+                        metrics.skipped_batches += 1
+                        optimizer.zero_grad(set_to_none=True)
+                        scaler.update()
+                    else:
+                        set_lrs(metrics.steps)
+                        scaler.step(optimizer)
+                        scaler.update()
+                        optimizer.zero_grad(set_to_none=True)
+                        metrics.steps += 1
+                if progress:
+                    elapsed = max(time.perf_counter() - t0, 1e-9)
+                    progress(TrainProgress(epoch, config.epochs, b, batches, metrics.steps,
+                                           loss_sum / loss_n if loss_n else math.nan, metrics.audio_seconds / elapsed))
+                if config.max_steps is not None and metrics.steps >= config.max_steps:
+                    break
+            metrics.epoch_loss.append(loss_sum / loss_n if loss_n else math.nan)
+            dev_loss = evaluate_loss(model, processor, dev_kept, config, device) if dev_kept else None
+            metrics.dev_loss.append(dev_loss)
+            if config.newbob and dev_loss is not None and math.isfinite(dev_loss):
+                scale = {name: nb.step(dev_loss) for name, nb in newbob.items()}
+            metrics.lr_encoder = config.lr_encoder * scale["encoder"]
+            metrics.lr_head = config.lr_head * scale["head"]
+            metrics.seconds = time.perf_counter() - t0
+            if on_epoch:
+                on_epoch(epoch, metrics)
+            if config.max_steps is not None and metrics.steps >= config.max_steps:
+                break
+    metrics.seconds = time.perf_counter() - t0
+    return metrics
+
+
+@contextlib.contextmanager
+def _numpy_seeded(seed: int) -> Iterator[None]:
+    import numpy as np
+
+    saved = np.random.get_state()
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        np.random.set_state(saved)
+
+
+def evaluate_loss(
+    model: Any, processor: Any, utterances: Sequence[Utterance], config: TrainConfig, device: str | None = None
+) -> float | None:
+    """Mean CTC loss per utterance (eval mode, no gradients); None when no utterance has a finite loss."""
+    import torch
+
+    from fedw2v.batching import bucket_batches
+    from fedw2v.model import receptive_field
+
+    if not utterances:
+        return None
+    device = device or resolve_device(config.device)
+    dataset = SegmentDataset(utterances, processor.tokenizer, cache=False)
+    rf = receptive_field(model.config)
+    collate = Collator(processor.feature_extractor, rf, rf)
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        with torch.inference_mode():
+            for idx in bucket_batches([u.duration for u in utterances], config.max_batch_seconds,
+                                      config.max_batch_size, shuffle=False):
+                batch = collate([dataset[i] for i in idx])
+                batch.pop("audio_seconds")
+                loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+                if torch.isfinite(loss):
+                    total += float(loss) * len(idx)
+                    count += len(idx)
+    finally:
+        model.train(was_training)
+    return total / count if count else None
+
+
+def with_overrides(config: TrainConfig, **overrides: Any) -> TrainConfig:
+    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def greedy_cer(model: Any, processor: Any, utterances: Sequence[Utterance]) -> float:
+    """Character error rate of greedy decoding on ``utterances`` (a quick learning check)."""
+    from fedw2v.decode import Decoder
+    from fedw2v.metrics import score
+
+    hyps = Decoder(model, processor).decode_utterances(utterances)
+    return score([u.text for u in utterances], hyps).cer

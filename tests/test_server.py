@@ -1,0 +1,238 @@
+"""The federated server logic on an in-process grid (no Ray): rounds, checkpoints, metrics, resume, faults.
+
+`FakeGrid` answers each training message by calling the real ClientApp handler (`run_train`) in this process,
+with one `Worker` (so the model is built once, as in a Ray worker). The Ray-backed runs are in test_simulate.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from fedw2v import runs
+from fedw2v.errors import InputError, RunFailed
+from fedw2v.fl.client_app import Worker, run_train
+from fedw2v.fl.config import SimulateConfig
+from fedw2v.fl.server_app import TIMING_KEYS, Server
+
+pytestmark = pytest.mark.slow
+
+
+class FakeReply:
+    def __init__(self, msg_id, content=None, error=None):
+        self.metadata = SimpleNamespace(reply_to_message_id=msg_id)
+        self.content = content
+        self.error = error
+
+    def has_error(self):
+        return self.error is not None
+
+
+class FakeGrid:
+    """Push = run the client now; pull = hand the replies back (in reverse order, to test order independence)."""
+
+    def __init__(self, handler=run_train, worker=None):
+        from flwr.common.constant import SUPERLINK_NODE_ID
+        from flwr.supercore.task_identity import TaskIdentity
+
+        # what Flower's simulation runtime sets before a ServerApp builds messages
+        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
+        self.worker = worker or Worker()
+        self.handler = handler
+        self.replies = {}
+        self.ids = itertools.count()
+
+    def get_node_ids(self):
+        return [11, 12]
+
+    def push_messages(self, messages):
+        out = []
+        for m in messages:
+            mid = f"m{next(self.ids)}"
+            self.replies[mid] = FakeReply(mid, self.handler(m.content, self.worker))
+            out.append(mid)
+        return out
+
+    def pull_messages(self, ids):
+        return [self.replies.pop(i) for i in reversed(list(ids)) if i in self.replies]
+
+
+def _config(clients, run_dir, **kw):
+    base = dict(clients_manifest=str(clients), run_dir=str(run_dir), model="tiny", rounds=2, clients_per_round=2,
+                local_epochs=1, local_steps=2, batch_size=8, recipe="tiny", lr_encoder=2e-3, lr_head=2e-3,
+                newbob=False, gpus_per_client=0, cpus_per_client=1, seed=7)
+    base.update(kw)
+    return SimulateConfig(**base)
+
+
+def _round_events(run_dir):
+    """metrics.jsonl without timings, grouped as (round, event) in file order."""
+    out = []
+    for e in runs.read_metrics(run_dir):
+        if "round" in e:
+            out.append({k: v for k, v in e.items() if k not in TIMING_KEYS})
+    return out
+
+
+def _weights(run_dir, r):
+    return load_file(str(Path(run_dir) / "checkpoints" / runs.checkpoint_name(r) / "model.safetensors"))
+
+
+def test_two_rounds_write_checkpoints_metrics_plot_and_config(fl_clients, tmp_path):
+    run = tmp_path / "run"
+    grid = FakeGrid()
+    state = Server(grid, _config(fl_clients, run)).run()
+    assert state.round == 2
+    assert runs.checkpoint_rounds(run) == [0, 1, 2]
+    assert (run / "checkpoints" / "LATEST").read_text().strip() == "round-0002"
+    ckpt = run / "checkpoints" / "round-0002"
+    for name in ("config.json", "model.safetensors", "vocab.json", "preprocessor_config.json", "state.json"):
+        assert (ckpt / name).is_file(), name
+    saved = json.loads((ckpt / "state.json").read_text())
+    assert saved["round"] == 2 and saved["sampler"]["bit_generator"] == "PCG64"
+    assert [h["round"] for h in saved["history"]] == [0, 1, 2]
+    assert (run / "plots" / "wer.png").stat().st_size > 1000
+    config = json.loads((run / "config.json").read_text())
+    assert config["rounds"] == 2 and config["weighting"] == "num" and config["eval_split"] == "test"
+    events = _round_events(run)
+    kinds = [(e["round"], e["event"]) for e in events]
+    assert kinds == [
+        (0, "round_start"), (0, "evaluate"), (0, "round_end"),
+        (1, "round_start"), (1, "fit"), (1, "fit"), (1, "aggregate"), (1, "evaluate"), (1, "round_end"),
+        (2, "round_start"), (2, "fit"), (2, "fit"), (2, "aggregate"), (2, "evaluate"), (2, "round_end"),
+    ]
+    fits = [e for e in events if e["event"] == "fit"]
+    assert all(e["error"] is None and e["samples"] > 0 and np.isfinite(e["loss"]) for e in fits)
+    for r in (1, 2):
+        clients = next(e["clients"] for e in events if e["round"] == r and e["event"] == "round_start")
+        assert [e["client"] for e in fits if e["round"] == r] == clients  # by client id, whatever the arrival
+        assert len(clients) == 2 and clients == sorted(set(clients))
+    evals = [e for e in events if e["event"] == "evaluate"]
+    assert all(e["utterances"] > 0 and 0 <= e["cer"] for e in evals)
+    assert grid.worker.builds == 1  # one model per worker process, reused across client calls
+
+
+def test_only_trainable_parameters_travel(fl_clients, tmp_path):
+    sent = {}
+
+    def spy(content, worker):
+        sent["keys"] = set(content["arrays"].keys())
+        return run_train(content, worker)
+
+    Server(FakeGrid(spy), _config(fl_clients, tmp_path / "run", rounds=1, freeze_feature_encoder=True)).run()
+    assert sent["keys"] and not any(k.startswith("wav2vec2.feature_extractor.") for k in sent["keys"])
+    assert any(k.startswith("lm_head.") for k in sent["keys"])
+    first, last = _weights(tmp_path / "run", 0), _weights(tmp_path / "run", 1)
+    frozen = [k for k in first if k.startswith("wav2vec2.feature_extractor.")]
+    assert frozen and all(np.array_equal(first[k], last[k]) for k in frozen)
+    assert not np.array_equal(first["lm_head.weight"], last["lm_head.weight"])
+
+
+def test_resume_gives_the_same_weights_and_metrics_as_an_uninterrupted_run(fl_clients, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    Server(FakeGrid(), _config(fl_clients, a, rounds=3)).run()
+    Server(FakeGrid(), _config(fl_clients, b, rounds=1)).run()
+    # a crash mid-round 2 leaves events after the last checkpoint: the resume must drop them
+    runs.MetricsLog(b).append({"event": "round_start", "round": 2, "clients": [0, 1]})
+    Server(FakeGrid(), _config(fl_clients, b, rounds=3, resume=True)).run()
+    wa, wb = _weights(a, 3), _weights(b, 3)
+    assert wa.keys() == wb.keys()
+    assert all(np.array_equal(wa[k], wb[k]) for k in wa)  # bit-identical
+    assert _round_events(a) == _round_events(b)  # each round exactly once, same content
+
+
+def test_resume_refuses_a_different_configuration(fl_clients, tmp_path):
+    run = tmp_path / "run"
+    Server(FakeGrid(), _config(fl_clients, run, rounds=1)).run()
+    with pytest.raises(InputError, match="cannot resume with a different configuration: batch_size, lr_head"):
+        Server(FakeGrid(), _config(fl_clients, run, rounds=2, resume=True, batch_size=4, lr_head=1e-3)).run()
+    with pytest.raises(InputError, match="already holds a run"):
+        Server(FakeGrid(), _config(fl_clients, run, rounds=2)).run()
+    with pytest.raises(InputError, match="nothing to resume"):
+        Server(FakeGrid(), _config(fl_clients, tmp_path / "new", resume=True)).run()
+
+
+@pytest.fixture()
+def corrupt_client(fl_clients, tmp_path):
+    """A copy of the clients manifest whose client 0's audio file is garbage."""
+    from fedw2v import manifest as mf
+
+    m = mf.read(fl_clients)
+    root = tmp_path / "corpus"
+    shutil.copytree(m.info.corpus_root, root, symlinks=True)
+    rows = m.table.to_pylist()
+    bad = next(r["audio_path"] for r in rows if r["client_id"] == 0)
+    target = (root / bad).resolve()
+    target.unlink()
+    target.write_bytes(b"NIST_1A\n   1024\nthis is not audio")
+    out = tmp_path / "clients.parquet"
+    mf.write(mf.Manifest(m.table, m.info.with_command("test copy")), out)
+    return out, str(root)
+
+
+def test_a_failing_client_is_logged_each_time_and_left_out(corrupt_client, tmp_path):
+    clients, root = corrupt_client
+    run = tmp_path / "run"
+    Server(FakeGrid(), _config(clients, run, rounds=2, clients_per_round=4, min_fit_clients=1,
+                               corpus_root=root)).run()
+    fits = [e for e in _round_events(run) if e["event"] == "fit"]
+    failed = [e for e in fits if e["error"]]
+    assert [(e["round"], e["client"]) for e in failed] == [(1, 0), (2, 0)]  # every time it was sampled
+    assert all("cannot read audio" in e["error"] or "outside the audio" in e["error"] for e in failed)
+    aggregates = [e for e in _round_events(run) if e["event"] == "aggregate"]
+    assert all("0" not in e["weights"] and e["clients"] == 3 for e in aggregates)
+    w = _weights(run, 2)
+    assert all(np.isfinite(v).all() for v in w.values())
+
+
+def test_too_few_successes_stop_the_run_with_its_last_checkpoint_intact(corrupt_client, tmp_path):
+    clients, root = corrupt_client
+    run = tmp_path / "run"
+    with pytest.raises(RunFailed, match=r"round 1: 3 of 4 clients succeeded, 4 needed .*checkpoint round 0 "
+                                        r"\(client 0: InputError"):
+        Server(FakeGrid(), _config(clients, run, rounds=2, clients_per_round=4, min_fit_clients=4,
+                                   corpus_root=root)).run()
+    assert (run / "checkpoints" / "LATEST").read_text().strip() == "round-0000"
+    assert runs.checkpoint_rounds(run) == [0]
+
+
+def test_a_client_sending_nan_is_left_out(fl_clients, tmp_path):
+    from fedw2v.fl.records import arrays_from_record, record_from_arrays
+
+    def poisoned(content, worker):
+        reply = run_train(content, worker)
+        if int(content["config"]["client-id"]) == 1 and "arrays" in reply:
+            arrays = {k: np.array(v) for k, v in arrays_from_record(reply["arrays"]).items()}
+            arrays["lm_head.weight"][0, 0] = np.nan
+            reply["arrays"] = record_from_arrays(arrays)
+        return reply
+
+    run = tmp_path / "run"
+    Server(FakeGrid(poisoned), _config(fl_clients, run, rounds=1, clients_per_round=4, min_fit_clients=1)).run()
+    fit = {e["client"]: e for e in _round_events(run) if e["event"] == "fit"}
+    assert "non-finite weights received (lm_head.weight)" in fit[1]["error"]
+    assert all(np.isfinite(v).all() for v in _weights(run, 1).values())
+
+
+def test_old_checkpoints_are_pruned_but_the_base_best_and_latest_are_kept(fl_clients, tmp_path):
+    run = tmp_path / "run"
+    state = Server(FakeGrid(), _config(fl_clients, run, rounds=3, keep_checkpoints=1)).run()
+    kept = runs.checkpoint_rounds(run)
+    assert kept == sorted({0, 3, state.best_round})
+
+
+@pytest.mark.parametrize("weighting", ["loss", "wer"])
+def test_loss_and_wer_weighting_give_finite_normalised_weights(fl_clients, tmp_path, weighting):
+    run = tmp_path / "run"
+    Server(FakeGrid(), _config(fl_clients, run, rounds=1, weighting=weighting, clients_per_round=4)).run()
+    agg = next(e for e in _round_events(run) if e["event"] == "aggregate")
+    assert agg["weighting"] == weighting
+    assert sum(agg["weights"].values()) == pytest.approx(1.0)
+    assert all(0 < w <= 1 for w in agg["weights"].values())
