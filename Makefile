@@ -45,6 +45,10 @@ bench: install
 	$(PY) benchmarks/prepare_scale.py
 	$(PY) benchmarks/partition_scale.py --cli
 	$(PY) benchmarks/aggregate.py
+	$(PY) benchmarks/transcribe.py
+	$(PY) benchmarks/round_overhead.py
+	if $(PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then \
+	  $(PY) benchmarks/gpu_client_step.py; else echo "no GPU here: benchmarks/gpu_client_step.py not run"; fi
 
 clean:
 	rm -rf $(VENV) $(DEMO) build *.egg-info .pytest_cache

@@ -96,6 +96,8 @@ class Server:
         self.client_ids = sorted(int(i) for i in ids)
         self.train_config = config.train_config()
         self.base_model = str(self.run_dir / "checkpoints" / runs.checkpoint_name(0))
+        self._indicator: Any = None  # footprint indicator set, read once
+        self._probe: Any = None  # a second model for computing the footprints of client updates, built once
 
     # ---------------------------------------------------------------- the run
 
@@ -149,11 +151,14 @@ class Server:
         clients = sampler.sample()
         state.sampler = sampler.state
         self._emit({"event": "round_start", "round": r, "clients": clients})
+        reference = self._reference_states(r, lm)
         results = self._fit(r, clients, lm)
         ok = {cid: res for cid, res in results.items() if res["error"] is None}
         for cid in sorted(results):
             res = results[cid]
             self._emit({"event": "fit", "round": r, "client": cid, "error": res["error"], **res["metrics"]})
+        if reference is not None:
+            self._footprints(r, ok, reference)
         if len(ok) < self.config.required_successes:
             first = next((f"client {c}: {res['error']}" for c, res in sorted(results.items()) if res["error"]), "")
             self._emit({"event": "round_failed", "round": r, "succeeded": len(ok), "failed": len(results) - len(ok)})
@@ -236,6 +241,41 @@ class Server:
             if time.monotonic() > deadline:
                 raise RunFailed("no Flower SuperNode connected within 120 s")
             time.sleep(0.2)
+
+    # ---------------------------------------------------------------- footprints (fedw2v footprint)
+
+    def _reference_states(self, r: int, lm: Any) -> Any:
+        """In a footprint round: the global model's hidden states on the indicator set, before the clients train."""
+        if r not in self.config.footprint_rounds:
+            return None
+        from fedw2v import footprint as fp
+        from fedw2v.train import resolve_device
+
+        if self._indicator is None:
+            self._indicator = fp.run_indicator(self.config, self.manifest)
+        return fp.ReferenceStates.compute(lm.model, lm.processor, self._indicator, resolve_device("auto"))
+
+    def _footprints(self, r: int, ok: dict[int, dict], reference: Any) -> None:
+        """Footprints of the round's successful updates (only these vectors are stored; with `save_updates` the
+        full updates too). The updates are loaded into a second model, built once."""
+        from fedw2v import footprint as fp
+        from fedw2v.fl.weights import load_arrays
+        from fedw2v.model import load_model
+        from fedw2v.train import resolve_device
+
+        t0 = time.perf_counter()
+        if self._probe is None:
+            self._probe = load_model(self.base_model)
+        vectors = {}
+        for cid in sorted(ok):
+            load_arrays(self._probe.model, ok[cid]["arrays"])
+            vectors[cid] = fp.footprint(self._probe.model, self._probe.processor, reference, resolve_device("auto"))
+            if self.config.save_updates:
+                fp.write_update(self.run_dir, r, cid, ok[cid]["arrays"])
+        path = fp.write_footprints(self.run_dir, r, "test", vectors, reference.meta(), merge=False)
+        self._emit({"event": "footprints", "round": r, "clients": sorted(vectors),
+                    "file": str(path.relative_to(self.run_dir)), "updates_saved": self.config.save_updates,
+                    "seconds": time.perf_counter() - t0})
 
     # ---------------------------------------------------------------- evaluation, checkpoints, logging
 
