@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -161,17 +160,12 @@ def write_hypotheses(result: EvaluateResult, path: str | os.PathLike) -> Path:
     """Write the hypotheses table as Parquet (atomically), with the model, split and normalisation in its metadata."""
     import pyarrow.parquet as pq
 
+    from fedw2v.atomic import atomic_file
+
     path = Path(path)
     meta = {"model": result.model, "split": result.split, "normalization": result.normalization,
             "wer": result.overall.wer, "cer": result.overall.cer}
     table = result.hypotheses.replace_schema_metadata({HYPS_METADATA_KEY: json.dumps(meta).encode()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

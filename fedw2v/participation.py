@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fedw2v.errors import InputError
+from fedw2v.metrics import ErrorCounts, total
 
 BUCKETS = ("0", "1", "2-3", "4+")
 
@@ -38,23 +39,19 @@ def participation(events: list[dict], upto_round: int) -> dict[int, int]:
 @dataclass
 class BucketScore:
     clients: int = 0
-    utterances: int = 0
-    ref_words: int = 0
-    word_errors: int = 0
-    ref_chars: int = 0
-    char_errors: int = 0
+    counts: ErrorCounts = field(default_factory=ErrorCounts)  # summed over the bucket's clients' utterances
 
     @property
     def wer(self) -> float | None:
-        return self.word_errors / self.ref_words if self.ref_words else None
+        return self.counts.wer if self.counts.ref_words else None
 
     @property
     def cer(self) -> float | None:
-        return self.char_errors / self.ref_chars if self.ref_chars else None
+        return self.counts.cer if self.counts.ref_chars else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"clients": self.clients, "utterances": self.utterances, "ref_words": self.ref_words,
-                "word_errors": self.word_errors, "wer": self.wer, "cer": self.cer}
+        return {"clients": self.clients, "utterances": self.counts.utterances, "ref_words": self.counts.ref_words,
+                "word_errors": self.counts.word_errors, "wer": self.wer, "cer": self.cer}
 
 
 @dataclass
@@ -83,7 +80,6 @@ def analyse(
     progress: Callable[[str, int, int], None] | None = None,
 ) -> ParticipationReport:
     """Score the kept checkpoints (or `rounds`) of a federated run on every client's local test split."""
-    import pyarrow.compute as pc
 
     from fedw2v import manifest as mf
     from fedw2v import runs
@@ -135,16 +131,11 @@ def analyse(
         per_client[r] = {}
         for c, counts in by_client.items():
             b = bucket(taken.get(c, 0))
-            s = scores[r][b]
-            s.clients += 1
-            s.utterances += len(counts)
-            words, werr = sum(x.ref_words for x in counts), sum(x.word_errors for x in counts)
-            s.ref_words += words
-            s.word_errors += werr
-            s.ref_chars += sum(x.ref_chars for x in counts)
-            s.char_errors += sum(x.char_errors for x in counts)
+            client = total(counts)
+            scores[r][b].clients += 1
+            scores[r][b].counts = scores[r][b].counts + client
             per_client[r][c] = {"rounds_taken_part": taken.get(c, 0), "bucket": b, "utterances": len(counts),
-                                "wer": werr / words if words else None}
+                                "wer": client.wer if client.ref_words else None}
         del lm
     return ParticipationReport(str(run), kept, scores, per_client, without, time.perf_counter() - t0)
 

@@ -786,7 +786,6 @@ def _stats(
     scheme: str,
     max_clients: int | None,
 ) -> PartitionStats:
-    import numpy as np
 
     def col(name: str) -> np.ndarray:
         return clients.column(name).to_numpy()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,17 +10,11 @@ from typing import Any
 
 def _save_atomic(fig: Any, path: str | os.PathLike) -> Path:
     """Save a figure as PNG: a temporary file in the same directory, then rename (never a half-written PNG)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    from fedw2v.atomic import atomic_file
+
+    with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def client_minutes_histogram(minutes: Sequence[float], path: str | os.PathLike, title: str = "") -> Path:

@@ -10,7 +10,6 @@ The runs root is ``./runs`` unless ``FEDW2V_RUNS`` names another directory.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from fedw2v.errors import InputError
@@ -43,17 +42,10 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Temporary file in the same directory, fsync, rename: readers see the old or the new content."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from fedw2v.atomic import atomic_file
+
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
 
 
 def publish_checkpoint(run_dir: str | os.PathLike, name: str) -> Path:
