@@ -56,6 +56,7 @@ class FakeGrid:
         out = []
         for m in messages:
             mid = f"m{next(self.ids)}"
+            m.metadata.__dict__["_message_id"] = mid  # as Flower's grids do
             self.replies[mid] = FakeReply(mid, self.handler(m.content, self.worker))
             out.append(mid)
         return out

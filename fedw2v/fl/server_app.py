@@ -197,10 +197,14 @@ class Server:
             messages.append(Message(RecordDict({"arrays": record, "config": job.to_record()}),
                                     dst_node_id=nodes[i % len(nodes)], message_type=MessageType.TRAIN,
                                     group_id=str(r)))
-        ids = list(self.grid.push_messages(messages))
-        by_id = dict(zip(ids, clients))
-        pending = set(ids)
-        results: dict[int, dict] = {}
+        ids = set(self.grid.push_messages(messages))
+        # pushing gives each message its id in place; a message the SuperLink refused has no reply to wait for
+        by_id = {m.metadata.message_id: cid for m, cid in zip(messages, clients)}
+        pending = ids & set(by_id)
+        results: dict[int, dict] = {
+            cid: {"error": "the SuperLink did not accept the training message", "metrics": {}, "arrays": None}
+            for mid, cid in by_id.items() if mid not in pending
+        }
         while pending:
             for reply in self.grid.pull_messages(list(pending)):
                 msg_id = reply.metadata.reply_to_message_id
