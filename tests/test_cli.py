@@ -37,8 +37,8 @@ def test_help_works_without_importing_heavy_libraries(args):
 
 
 def test_console_script_help_and_version():
-    exe = __import__("shutil").which("fedw2v")
-    assert exe, "the fedw2v console script is installed by `make install`"
+    exe = __import__("pathlib").Path(sys.executable).with_name("fedw2v")  # `make test` does not activate .venv
+    assert exe.is_file(), "the fedw2v console script is installed by `make install`"
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and "prepare" in out.stdout
     out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30)
