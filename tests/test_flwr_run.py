@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -49,4 +50,8 @@ def test_flwr_run_on_a_local_simulation_superlink(fl_clients, tmp_path):
     config = runs.read_json(run / "config.json")
     assert config["model"] == "tiny" and config["rounds"] == 1  # pyproject defaults + --run-config overrides
     assert not _live(("flower-superlink",), str(home)), "the SuperLink was left running"
+    # the simulation process shuts Ray down when the run ends; its workers take a moment to exit
+    deadline = time.monotonic() + 30
+    while _live(("raylet", "gcs_server", "ray::", "flwr-simulation")) and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert not _live(("raylet", "gcs_server", "ray::", "flwr-simulation"))
