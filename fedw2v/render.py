@@ -202,7 +202,8 @@ def footprint_table(report: Any) -> Any:
             cells += [avg, "n/m", "-"]
         table.add_row(layer, *cells)
     table.add_section()
-    table.add_row("trials (target / non-target)", *[f"{r.result.targets} / {r.result.nontargets}" for r in report.rounds],
+    trials = [f"{r.result.targets} / {r.result.nontargets}" for r in report.rounds]
+    table.add_row("trials (target / non-target)", *trials,
                   "", f"{report.pooled.targets} / {report.pooled.nontargets}", "")
     table.add_row("clients (analysed / sampled)", *[f"{len(r.analysed)} / {len(r.sampled)}" for r in report.rounds],
                   "", "", "")
