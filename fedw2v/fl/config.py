@@ -52,7 +52,7 @@ class SimulateConfig:
     footprint_rounds: tuple[int, ...] = ()  # rounds whose client updates get footprints (fedw2v footprint)
     indicator_manifest: str = ""  # manifest of the indicator set (empty: the clients manifest)
     indicator_split: str = "dev"  # corpus split of the indicator utterances
-    indicator_utterances: int = 64  # indicator utterances used (the shortest-first, fixed order)
+    indicator_utterances: int = 64  # indicator utterances used (the first N by utt_id: a fixed set)
     save_updates: bool = False  # also store every footprint round's full client updates (safetensors)
     corpus_root: str = ""  # override the corpus root stored in the manifest (a moved corpus)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # facts recorded, not compared
