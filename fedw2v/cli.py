@@ -83,10 +83,18 @@ def _csv(value: str) -> tuple[str, ...]:
 @app.command()
 def synth(
     out_dir: Annotated[Path, typer.Argument(help="Corpus directory to create (must not exist or be empty).")],
-    speakers: Annotated[int, typer.Option(help="Speakers, one synthetic voice each (at least 3).")] = 10,
+    speakers: Annotated[
+        int | None, typer.Option(help="Speakers, one synthetic voice each (at least 3); default 10, or the "
+                                      "number of --voices.")
+    ] = None,
     minutes: Annotated[float, typer.Option(help="Total minutes of speech, roughly.")] = 15.0,
     seed: Seed = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace OUT_DIR if it exists and is not empty.")] = False,
+    voices: Annotated[
+        str, typer.Option(help="Comma-separated voices that speak, in this order (the last ones become the dev and "
+                               "test speakers): speaker ids (FliteSlt, EspeakUsF3, ...) or voice names (slt, "
+                               "en-us+f3, ...). Default: the first --speakers voices.")
+    ] = "",
 ) -> None:
     """Write a small TED-LIUM 3 style corpus spoken by synthetic voices (flite, espeak-ng): demo and tests."""
     import time
@@ -96,7 +104,8 @@ def synth(
     from fedw2v.render import synth_table
 
     config = _config(
-        synth_corpus.SynthConfig, out_dir=out_dir, speakers=speakers, minutes=minutes, seed=seed, force=force
+        synth_corpus.SynthConfig, out_dir=out_dir, speakers=speakers, minutes=minutes, seed=seed, force=force,
+        voices=_csv(voices),
     )
     started = time.monotonic()
     with progress_bar("synthesising talks") as update:
@@ -716,7 +725,8 @@ def simulate(
 def footprint(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A federated run made by `fedw2v simulate`.")],
     indicator: Annotated[
-        Path | None, typer.Option("--indicator", help="Manifest of the indicator set (default: the run's).", dir_okay=False)
+        Path | None,
+        typer.Option("--indicator", help="Manifest of the indicator set (default: the run's).", dir_okay=False),
     ] = None,
     indicator_split: Annotated[
         str | None, typer.Option("--indicator-split", help="Corpus split of the indicator utterances (run's: dev).")
@@ -736,7 +746,9 @@ def footprint(
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON only.")] = False,
     plot: Annotated[
         Path | None,
-        typer.Option("--plot", help="PNG of EER against layer (default: RUN_DIR/plots/footprint-eer.png).", dir_okay=False),
+        typer.Option(
+            "--plot", help="PNG of EER against layer (default: RUN_DIR/plots/footprint-eer.png).", dir_okay=False
+        ),
     ] = None,
 ) -> None:
     """Speaker-privacy attack on a run's client updates: EER per layer of footprint trials (REFERENCE.md §4)."""

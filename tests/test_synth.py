@@ -93,6 +93,56 @@ def test_voices_are_distinct_speakers():
     assert "kal" not in {v.name for v in synth.VOICES}  # 8 kHz
 
 
+def test_voice_order_is_kept():
+    """Speakers take voices in VOICES order: new voices are appended, so existing corpora keep their voices."""
+    assert [v.speaker for v in synth.VOICES[:16]] == [
+        "FliteSlt", "EspeakUsF3", "FliteRms", "EspeakScotland", "FliteAwb", "EspeakUsM3", "FliteKal", "EspeakGbF4",
+        "EspeakCaribbean", "EspeakUsM7", "EspeakRpF2", "EspeakNewYork", "EspeakLancasterF5", "EspeakMidlandsM2",
+        "EspeakUsF4", "EspeakGbM4",
+    ]
+    # espeak-ng ignores a variant on `en-gb` (EspeakGbF4 and EspeakGbM4 speak alike): appended voices avoid it
+    assert not [v for v in synth.VOICES[16:] if v.name.startswith(("en-gb+", "en+"))]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "rule"),
+    [
+        ({"voices": ("slt", "rms")}, "voices: at least 3 are needed"),
+        ({"voices": ("slt", "rms", "slt")}, "voices must not repeat: slt"),
+        ({"voices": ("slt", "rms", "awb"), "speakers": 4}, r"speakers \(4\) must equal the number of voices given \(3\)"),
+        ({"voices": ["slt", "rms", "awb"]}, "voices must be a tuple"),
+        ({"voices": ("slt", "", "awb")}, "voices must be a tuple"),
+    ],
+)
+def test_config_voice_rules(tmp_path, kwargs, rule):
+    with pytest.raises(ValueError, match=rule):
+        SynthConfig(tmp_path / "out", **kwargs)
+
+
+def test_config_speakers_follow_voices(tmp_path):
+    assert SynthConfig(tmp_path).speakers == 10 and SynthConfig(tmp_path).voices == ()
+    assert SynthConfig(tmp_path, voices=("slt", "EspeakUsF3", "rms", "awb")).speakers == 4
+    assert SynthConfig(tmp_path, speakers=3, voices=("slt", "rms", "awb")).speakers == 3
+
+
+def test_select_voices_by_speaker_or_voice_name():
+    exes = {"flite": "/bin/flite", "espeak-ng": "/bin/espeak-ng"}
+    every = list(synth.VOICES)
+    chosen = synth.select_voices(("EspeakUsM1", "slt", "en-gb-x-rp+f5", "FliteRms"), every, exes)
+    assert [v.speaker for v in chosen] == ["EspeakUsM1", "FliteSlt", "EspeakRpF5", "FliteRms"]  # order kept
+    assert synth.find_voice("en-us+f3") is synth.find_voice("EspeakUsF3") and synth.find_voice("nope") is None
+    with pytest.raises(UsageError, match="unknown voices nope, neither") as exc:
+        synth.select_voices(("slt", "nope", "neither"), every, exes)
+    assert "FliteSlt (slt)" in exc.value.hint
+    with pytest.raises(UsageError, match="FliteSlt names FliteSlt \\(slt\\) a second time"):
+        synth.select_voices(("slt", "rms", "FliteSlt"), every, exes)
+    flite_only = [v for v in every if v.synthesiser == "flite"]
+    with pytest.raises(UsageError, match="EspeakUsF3 needs espeak-ng voice en-us\\+f3, but espeak-ng is not installed"):
+        synth.select_voices(("slt", "EspeakUsF3", "rms"), flite_only, {"flite": "/bin/flite"})
+    with pytest.raises(UsageError, match="needs flite voice awb, but flite has no voice awb"):
+        synth.select_voices(("slt", "awb", "rms"), [v for v in every if v.name != "awb"], exes)
+
+
 # --------------------------------------------------------------------------------------- the corpus
 
 
@@ -207,6 +257,29 @@ def test_deterministic(corpora):
 
     assert words(a) != words(c)
     assert [t.talk_id for t in a.talks] != [t.talk_id for t in c.talks]
+    assert "voices" not in __import__("json").loads((a.out_dir / "doc" / "synth.json").read_text())["config"]
+
+
+@pytest.mark.slow
+def test_voices_pick_the_speakers(corpora, tmp_path):
+    """--voices naming the default voices gives the default corpus byte for byte; other voices speak in the
+    order given, the last ones held out for dev and test."""
+    import json
+
+    a = corpora[0]
+    same = synthesize(SynthConfig(tmp_path / "same", minutes=1.0, seed=0, voices=tuple(s.speaker for s in a.speakers)))
+    files = sorted(p.relative_to(a.out_dir) for p in (a.out_dir / "data").rglob("*") if p.is_file())
+    assert files and all((a.out_dir / f).read_bytes() == (same.out_dir / f).read_bytes() for f in files)
+    default_doc = json.loads((a.out_dir / "doc" / "synth.json").read_text())
+    same_doc = json.loads((same.out_dir / "doc" / "synth.json").read_text())
+    assert same_doc["config"] == {**default_doc["config"], "voices": [s.speaker for s in a.speakers]}
+
+    names = [v.speaker for v in synth.available_voices()[-4:]][::-1]  # the last voices of VOICES, reversed
+    other = synthesize(SynthConfig(tmp_path / "other", minutes=0.4, seed=0, voices=tuple(names)))
+    assert [s.speaker for s in other.speakers] == names
+    assert [s.split for s in other.speakers] == ["train", "train", "dev", "test"]
+    assert {speaker_from_talk(t.talk_id) for t in other.talks} == set(names)
+    assert json.loads((other.out_dir / "doc" / "synth.json").read_text())["config"]["voices"] == names
 
 
 @pytest.mark.slow
@@ -287,6 +360,19 @@ def test_cli_too_few_speakers(tmp_path):
     assert result.exit_code == 2
     assert result.stderr.strip().count("\n") == 0
     assert result.stderr.startswith("error: speakers must be an integer of at least 3")
+
+
+@needs_synth
+def test_cli_voice_errors_are_one_line(tmp_path):
+    for args, message in (
+        (["--voices", "slt,rms,awb", "--speakers", "4"], "error: speakers (4) must equal the number of voices given (3)"),
+        (["--voices", "slt,nobody,awb"], "error: --voices: unknown voice nobody ("),
+        (["--voices", "slt,rms"], "error: voices: at least 3 are needed"),
+    ):
+        result = runner.invoke(app, ["synth", str(tmp_path / "x"), *args])
+        assert result.exit_code == 2, result.output
+        assert result.stderr.startswith(message) and result.stderr.strip().count("\n") == 0
+        assert not (tmp_path / "x").exists()
 
 
 def test_cli_missing_synthesisers(tmp_path, monkeypatch):

@@ -80,19 +80,63 @@ VOICES: tuple[Voice, ...] = (
     Voice("EspeakMidlandsM2", "espeak-ng", "en-gb-x-gbcwmd+m2", "male"),
     Voice("EspeakUsF4", "espeak-ng", "en-us+f4", "female"),
     Voice("EspeakGbM4", "espeak-ng", "en-gb+m4", "male"),
+    # Appended later (the voices above keep their order, so existing corpora keep their speakers). They give
+    # `fedw2v synth --voices` more voices to choose from, e.g. for `make pretrained` (scripts/pretrain_tiny.py),
+    # whose voices must differ from the default 10-speaker demo corpus. Only bases whose variants change the
+    # sound are used: espeak-ng 1.51 ignores a variant on `en-gb` (so EspeakGbF4 and EspeakGbM4 above both
+    # speak as plain `en-gb`, a male voice).
+    Voice("EspeakUsM1", "espeak-ng", "en-us+m1", "male"),
+    Voice("EspeakUsF2", "espeak-ng", "en-us+f2", "female"),
+    Voice("EspeakUsM5", "espeak-ng", "en-us+m5", "male"),
+    Voice("EspeakUsKlatt", "espeak-ng", "en-us+klatt", "male"),
+    Voice("EspeakUsAndy", "espeak-ng", "en-us+Andy", "male"),
+    Voice("EspeakRpM5", "espeak-ng", "en-gb-x-rp+m5", "male"),
+    Voice("EspeakRpF5", "espeak-ng", "en-gb-x-rp+f5", "female"),
+    Voice("EspeakScotlandF2", "espeak-ng", "en-gb-scotland+f2", "female"),
+    Voice("EspeakCaribbeanF3", "espeak-ng", "en-029+f3", "female"),
+    Voice("EspeakNewYorkF4", "espeak-ng", "en-us-nyc+f4", "female"),
+    Voice("EspeakLancasterM3", "espeak-ng", "en-gb-x-gbclan+m3", "male"),
+    Voice("EspeakMidlandsF1", "espeak-ng", "en-gb-x-gbcwmd+f1", "female"),
+    Voice("EspeakScotlandM6", "espeak-ng", "en-gb-scotland+m6", "male"),
+    Voice("EspeakUsM2", "espeak-ng", "en-us+m2", "male"),
+    Voice("EspeakUsF5", "espeak-ng", "en-us+f5", "female"),
+    Voice("EspeakUsM4", "espeak-ng", "en-us+m4", "male"),
+    Voice("EspeakUsF1", "espeak-ng", "en-us+f1", "female"),
 )
 
 
 @dataclass(frozen=True)
 class SynthConfig:
     out_dir: Path  # corpus directory to create (must not exist, or be empty, unless force)
-    speakers: int = 10  # number of speakers = synthetic voices (at least 3: train, dev and test need one each)
+    # number of speakers = synthetic voices (at least 3: train, dev and test need one each); None: the number of
+    # `voices` when they are given, else 10
+    speakers: int | None = None
     minutes: float = 15.0  # total minutes of speech, roughly (the talks stop at the first sentence past it)
     seed: int = 0  # same seed, byte-identical corpus; another seed, other sentences and talk ids
     force: bool = False  # replace out_dir when it exists and is not empty
     workers: int = 2  # synthesiser processes run at the same time
+    # which voices speak, in this order (a speaker id such as `FliteSlt` or a voice name such as `slt` or
+    # `en-us+f3`, see VOICES); the split takes the last ones for dev and test as it does for the default list.
+    # Empty: the first `speakers` available voices of VOICES.
+    voices: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if not isinstance(self.voices, tuple) or not all(isinstance(v, str) and v for v in self.voices):
+            raise ValueError(f"voices must be a tuple of voice names, not {self.voices!r}")
+        if len(set(self.voices)) != len(self.voices):
+            twice = sorted({v for v in self.voices if self.voices.count(v) > 1})
+            raise ValueError(f"voices must not repeat: {', '.join(twice)} given more than once")
+        if self.voices and len(self.voices) < MIN_SPEAKERS:
+            raise ValueError(
+                f"voices: at least {MIN_SPEAKERS} are needed (one train, one dev and one test speaker), "
+                f"not {len(self.voices)}"
+            )
+        if self.speakers is None:
+            object.__setattr__(self, "speakers", len(self.voices) if self.voices else 10)
+        elif self.voices and self.speakers != len(self.voices):
+            raise ValueError(
+                f"speakers ({self.speakers}) must equal the number of voices given ({len(self.voices)}), or be left out"
+            )
         if isinstance(self.speakers, bool) or not isinstance(self.speakers, int) or self.speakers < MIN_SPEAKERS:
             raise ValueError(
                 f"speakers must be an integer of at least {MIN_SPEAKERS} (one train, one dev and one test "
@@ -186,6 +230,39 @@ def available_voices(synthesisers: dict[str, str] | None = None) -> list[Voice]:
                 if base in languages and (not variant or variant in variants):
                     have.add(("espeak-ng", v.name))
     return [v for v in VOICES if (v.synthesiser, v.name) in have]
+
+
+def find_voice(name: str) -> Voice | None:
+    """The voice of VOICES with this speaker id (`FliteSlt`) or synthesiser voice name (`slt`, `en-us+f3`)."""
+    for v in VOICES:
+        if name in (v.speaker, v.name):
+            return v
+    return None
+
+
+def select_voices(names: tuple[str, ...] | list[str], available: list[Voice], exes: dict[str, str]) -> list[Voice]:
+    """The voices named (speaker ids or voice names), in the order given. UsageError for a name that is not in
+    VOICES, for one whose synthesiser is not installed or lacks it, and for two names of the same voice."""
+    chosen: list[Voice] = []
+    unknown = [n for n in names if find_voice(n) is None]
+    if unknown:
+        raise UsageError(
+            f"--voices: unknown voice{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}",
+            hint="name voices by speaker id or voice name; known: "
+            + ", ".join(f"{v.speaker} ({v.name})" for v in VOICES),
+        )
+    have = {(v.synthesiser, v.name) for v in available}
+    for n in names:
+        v = find_voice(n)
+        assert v is not None
+        if v in chosen:
+            raise UsageError(f"--voices: {n} names {v.speaker} ({v.name}) a second time")
+        if (v.synthesiser, v.name) not in have:
+            why = "is not installed" if v.synthesiser not in exes else f"has no voice {v.name}"
+            raise UsageError(f"--voices: {v.speaker} needs {v.synthesiser} voice {v.name}, but {v.synthesiser} {why}",
+                             hint="install flite and espeak-ng (make install), or choose other voices")
+        chosen.append(v)
+    return chosen
 
 
 def _run_text(cmd: list[str]) -> str:
@@ -581,15 +658,19 @@ def _check_out_dir(config: SynthConfig) -> Path:
 
 
 def synthesize(config: SynthConfig, progress: Callable[[int, int], None] | None = None) -> SynthResult:
-    """Write a TED-LIUM 3 style corpus spoken by `config.speakers` synthetic voices into `config.out_dir`.
+    """Write a TED-LIUM 3 style corpus spoken by `config.speakers` synthetic voices into `config.out_dir`: the
+    voices named in `config.voices`, in that order, or else the first available ones of VOICES.
 
-    `progress(done, total)` is called once per finished talk. UsageError for an out_dir that is in the way or
-    more speakers than voices; EnvironmentProblem when no synthesiser is installed or one fails.
+    `progress(done, total)` is called once per finished talk. UsageError for an out_dir that is in the way,
+    more speakers than voices, or a named voice that is unknown or not installed; EnvironmentProblem when no
+    synthesiser is installed or one fails.
     """
     out = _check_out_dir(config)
     exes = installed_synthesisers()
     voices = available_voices(exes)
-    if config.speakers > len(voices):
+    if config.voices:
+        voices = select_voices(config.voices, voices, exes)
+    elif config.speakers > len(voices):
         per = ", ".join(f"{name} {sum(v.synthesiser == name for v in voices)}" for name in exes)
         missing = [name for name in SYNTHESISERS if name not in exes]
         raise UsageError(
@@ -597,7 +678,8 @@ def synthesize(config: SynthConfig, progress: Callable[[int, int], None] | None 
             hint=f"use --speakers {len(voices)} or fewer"
             + (f", or install {' and '.join(missing)} for more voices" if missing else ""),
         )
-    voices = voices[: config.speakers]
+    else:
+        voices = voices[: config.speakers]
     plans = _plan(voices, config)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
@@ -666,7 +748,8 @@ def _result(
 def _write_doc(root: Path, config: SynthConfig, result: SynthResult) -> None:
     doc = {
         "generator": "fedw2v synth",
-        "config": {"speakers": config.speakers, "minutes": config.minutes, "seed": config.seed},
+        "config": {"speakers": config.speakers, "minutes": config.minutes, "seed": config.seed,
+                   **({"voices": [s.speaker for s in result.speakers]} if config.voices else {})},
         "synthesisers": result.synthesisers,
         "sample_rate": SAMPLE_RATE,
         "speakers": [asdict(s) for s in result.speakers],
