@@ -318,7 +318,8 @@ ModelOpt = Annotated[
     str | None,
     typer.Option(
         "--model", "-m",
-        help="tiny | a Hugging Face hub id | a local HF model directory | a fedw2v run or checkpoint directory.",
+        help="tiny | tiny-pretrained | a Hugging Face hub id | a local HF model directory | "
+        "a fedw2v run or checkpoint directory.",
     ),
 ]
 AllowPickle = Annotated[
@@ -467,7 +468,8 @@ def train(
 
 @app.command()
 def evaluate(
-    model: Annotated[str, typer.Argument(metavar="MODEL", help="tiny | hub id | HF model dir | run or checkpoint dir.")],
+    model: Annotated[str, typer.Argument(
+        metavar="MODEL", help="tiny | tiny-pretrained | hub id | HF model dir | run or checkpoint dir.")],
     manifest_path: Annotated[
         Path | None, typer.Option("--manifest", help="Manifest with the split to score (with --participation: "
                                   "default the run's clients manifest).")
@@ -631,7 +633,8 @@ def simulate(
         Path, typer.Argument(metavar="CLIENTS_MANIFEST", help="Partitioned manifest made by `fedw2v partition`.")
     ],
     run_dir: Annotated[Path, typer.Option("--run-dir", help="Run directory, e.g. runs/NAME.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="Hub id | HF model dir | fedw2v run/checkpoint | tiny.")]
+    model: Annotated[str, typer.Option(
+        "--model", "-m", help="Hub id | HF model dir | fedw2v run/checkpoint | tiny | tiny-pretrained.")]
     = "facebook/wav2vec2-large-lv60",
     rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 100,
     clients_per_round: Annotated[int, typer.Option(help="Clients sampled per round (uniform, no replacement).")] = 20,

@@ -2,7 +2,10 @@
 
 ``--model`` takes one of (`resolve`):
 
-- ``tiny``: a ~1.4M-parameter random-init encoder config (../shared/REFERENCE.md §5), for tests and the offline demo;
+- ``tiny``: a ~1.4M-parameter random-init encoder config (../shared/REFERENCE.md §5), for tests;
+- ``tiny-pretrained``: that model trained centrally on synthetic speech, shipped with the package
+  (``fedw2v/data/tiny-pretrained/``, rebuilt by ``make pretrained``; its ``pretrain.json`` says how): the offline
+  demo's starting point, as the paper starts from a pretrained wav2vec2;
 - a fedw2v run directory (its ``checkpoints/LATEST``) or one checkpoint directory;
 - a local Hugging Face model directory;
 - a Hugging Face hub id (``facebook/wav2vec2-large-lv60``, ``facebook/wav2vec2-large-960h-lv60-self``).
@@ -37,7 +40,11 @@ from fedw2v.text import BLANK, UNK, WORD_DELIMITER, character_vocabulary, vocabu
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import Wav2Vec2Config, Wav2Vec2ForCTC, Wav2Vec2Processor
 
-PRESETS = ("tiny",)
+PRESETS = ("tiny", "tiny-pretrained")
+# Presets built from a config with random weights (the others are model directories shipped with the package).
+RANDOM_PRESETS = ("tiny",)
+# The packaged `tiny-pretrained` model (package data; `make pretrained` rebuilds it with scripts/pretrain_tiny.py).
+PRETRAINED_DIRS = {"tiny-pretrained": ("data", "tiny-pretrained")}
 KINDS = ("preset", "run", "checkpoint", "directory", "hub")
 SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -66,8 +73,15 @@ class ModelSource:
     kind: str  # one of KINDS
     location: str  # preset name, hub id, or absolute path of a Hugging Face model directory
 
+    @property
+    def random_init(self) -> bool:
+        """A preset built with random weights (no files behind it)."""
+        return self.kind == "preset" and self.location in RANDOM_PRESETS
+
     def __str__(self) -> str:
-        if self.kind in ("preset", "hub") or self.spec == self.location:
+        if self.kind == "preset":
+            return f"{self.spec} (preset)"
+        if self.kind == "hub" or self.spec == self.location:
             return f"{self.location} ({self.kind})"
         return f"{self.location} ({self.kind} {self.spec})"
 
@@ -90,6 +104,8 @@ def resolve(spec: str | os.PathLike, runs_root: str | os.PathLike | None = None)
     from fedw2v import runs
 
     text = str(spec)
+    if text in PRETRAINED_DIRS:
+        return ModelSource(text, "preset", str(pretrained_dir(text)))
     if text in PRESETS:
         return ModelSource(text, "preset", text)
     path = Path(text).expanduser()
@@ -110,6 +126,22 @@ def resolve(spec: str | os.PathLike, runs_root: str | os.PathLike | None = None)
     if _HUB_ID.match(text) and ".." not in text and not text.startswith(("./", "../", "~")):
         return ModelSource(text, "hub", text)
     raise InputError(f"{text}: no such model directory, and not a hub id or preset ({', '.join(PRESETS)})")
+
+
+def pretrained_dir(name: str = "tiny-pretrained", check: bool = True) -> Path:
+    """The directory of a packaged pretrained preset. With ``check``, InputError when its files are missing
+    (a checkout without them, or a broken install): `make pretrained` rebuilds them."""
+    from importlib.resources import files
+
+    path = Path(str(files("fedw2v").joinpath(*PRETRAINED_DIRS[name])))
+    if check:
+        missing = [f for f in ("config.json", "model.safetensors", "vocab.json") if not (path / f).is_file()]
+        if missing:
+            raise InputError(
+                f"--model {name}: the packaged model is missing ({path}/{missing[0]})",
+                hint="run `make pretrained` to rebuild it (scripts/pretrain_tiny.py), or reinstall fedw2v",
+            )
+    return path
 
 
 def default_source(runs_root: str | os.PathLike | None = None) -> ModelSource:
@@ -224,7 +256,7 @@ def load_model(
     """
     source = spec if isinstance(spec, ModelSource) else resolve(spec, runs_root)
     texts = list(texts) if texts is not None else None
-    if source.kind == "preset":
+    if source.random_init:
         return _build_new_head(source, tiny_config(), texts, None, allow_pickle, cache_dir, seed)
     config = _load_config(source, cache_dir)
     has_head = "Wav2Vec2ForCTC" in (config.architectures or [])
@@ -256,12 +288,12 @@ def _build_new_head(source, encoder_config, texts, old_processor, allow_pickle, 
     vocab = character_vocabulary(texts or ())
     config = with_ctc_head(encoder_config, len(vocab))
     feature_extractor = old_processor.feature_extractor if old_processor is not None else None
-    if feature_extractor is None and source.kind != "preset":
+    if feature_extractor is None and not source.random_init:
         feature_extractor = _load_feature_extractor(source, cache_dir)
     processor = build_processor(vocab, config, feature_extractor)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if source.kind == "preset":
+        if source.random_init:
             model = Wav2Vec2ForCTC(config)
         else:
             with _quiet_transformers():

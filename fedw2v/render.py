@@ -140,20 +140,43 @@ def speaker_table(result: Any) -> Table:
     return table
 
 
+SIMULATE_ROWS = 25  # evaluations shown one per row; longer runs show the first, the best and the newest ones
+
+
+def simulate_rows(history: list[dict], limit: int = SIMULATE_ROWS) -> list[dict]:
+    """The evaluations `simulate_table` shows: all of them up to ``limit``; beyond, the first, the best and the
+    ``limit - 2`` newest (in round order)."""
+    if len(history) <= limit:
+        return list(history)
+    best = min(history, key=lambda h: h["wer"])
+    keep = {id(history[0]), id(best), *(id(h) for h in history[-(limit - 2):])}
+    return [h for h in history if id(h) in keep]
+
+
 def simulate_table(config: Any, state: Any) -> Table:
-    """Summary of a finished federated run: rounds, WER/CER per evaluation (first, best, last), where it is."""
-    table = Table(title=f"fedw2v simulate: {state.round} rounds, {config.clients_per_round} clients per round, "
-                  f"{config.eval_split} split", title_justify="left")
-    for name in ("", "round", "WER %", "CER %", "loss"):
-        table.add_column(name, justify="left" if not name else "right")
+    """Summary of a finished federated run: WER/CER/loss of the global model at each evaluated round (all of them
+    for short runs, see `simulate_rows`), its change from the evaluation before, and the best round (*)."""
     history = state.history
-    rows = []
-    if history:
-        best = min(history, key=lambda h: h["wer"])
-        rows = [("initial", history[0]), ("best", best), ("last", history[-1])]
-    for label, h in rows:
+    shown = simulate_rows(history)
+    table = Table(title=f"fedw2v simulate: {state.round} rounds, {config.clients_per_round} clients per round",
+                  title_justify="left")
+    for name in ("round", "WER %", "ΔWER", "CER %", "ΔCER", "loss"):
+        table.add_column(name, justify="right")
+    best = min(history, key=lambda h: h["wer"]) if history else None
+    previous: dict[int, dict] = {id(h): history[i - 1] for i, h in enumerate(history) if i}
+    for h in shown:
+        before = previous.get(id(h))
         loss = "-" if h.get("loss") is None else f"{h['loss']:.3f}"
-        table.add_row(label, str(h["round"]), f"{100 * h['wer']:.2f}", f"{100 * h['cer']:.2f}", loss)
+        delta = (lambda key: "" if before is None else f"{100 * (h[key] - before[key]):+.2f}")
+        mark = " *" if h is best else ""
+        table.add_row(f"{h['round']}{mark}", f"{100 * h['wer']:.2f}", delta("wer"), f"{100 * h['cer']:.2f}",
+                      delta("cer"), loss)
+    if history:
+        hidden = len(history) - len(shown)
+        table.caption = (f"the global model on the {config.eval_split} split; * best WER (round {best['round']}); "
+                         "Δ: change from the evaluation before"
+                         + (f"; {hidden} evaluations not shown (metrics.jsonl has them all)" if hidden else ""))
+        table.caption_justify = "left"
     return table
 
 

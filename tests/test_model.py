@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
+import fedw2v
 from fedw2v import runs
 from fedw2v.errors import InputError
 from fedw2v.model import (
@@ -86,6 +89,92 @@ def test_tiny_preset_is_seeded():
     a, b, c = load_model("tiny", seed=1), load_model("tiny", seed=1), load_model("tiny", seed=2)
     pa, pb, pc = (next(m.model.lm_head.parameters()) for m in (a, b, c))
     assert torch.equal(pa, pb) and not torch.equal(pa, pc)
+
+
+# --- the packaged tiny-pretrained preset (committed: fedw2v/data/tiny-pretrained, rebuilt by `make pretrained`) ---
+
+PRETRAINED = Path(fedw2v.__file__).resolve().parent / "data" / "tiny-pretrained"
+
+
+def test_tiny_pretrained_preset_resolves_and_loads():
+    source = resolve("tiny-pretrained")
+    assert (source.kind, source.spec, Path(source.location)) == ("preset", "tiny-pretrained", PRETRAINED)
+    assert not source.random_init and resolve("tiny").random_init
+    assert str(source) == "tiny-pretrained (preset)"
+    loaded = load_model("tiny-pretrained")  # a CTC head and tokenizer: it transcribes as it is
+    assert not loaded.new_head and loaded.vocabulary == character_vocabulary()
+    cfg, tiny = loaded.model.config, tiny_config()
+    for key in ("conv_dim", "conv_kernel", "conv_stride", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                "intermediate_size", "feat_extract_norm", "do_stable_layer_norm"):
+        mine, preset = getattr(cfg, key), getattr(tiny, key)
+        assert (list(mine) if isinstance(mine, (list, tuple)) else mine) == (
+            list(preset) if isinstance(preset, (list, tuple)) else preset), key
+    assert 1.2e6 < num_parameters(loaded.model) < 2.0e6
+    # its weights are trained, not the random ones of the `tiny` preset
+    assert not _same_encoder(loaded.model, load_model("tiny").model)
+    # training texts it covers keep its head; others get a new head over the same trained encoder
+    assert not load_model("tiny-pretrained", ["it 's a small village"]).new_head
+    other = load_model("tiny-pretrained", TEXTS)
+    assert other.new_head and _same_encoder(other.model, loaded.model)
+
+
+def test_tiny_pretrained_is_described_and_packaged():
+    import tomllib
+    from fnmatch import fnmatch
+
+    from fedw2v.corpus.synth import VOICES
+
+    root = PRETRAINED.parents[2]
+    files = sorted(p.name for p in PRETRAINED.iterdir())
+    assert {"config.json", "model.safetensors", "vocab.json", "pretrain.json", "README.md"} <= set(files)
+    info = json.loads((PRETRAINED / "pretrain.json").read_text())
+    assert info["fedw2v_version"] and info["training"]["steps"] > 0 and info["training"]["seed"] == 0
+    assert 0 < info["evaluation"]["pretrain_test"]["cer"] < 1 and 0 < info["evaluation"]["demo_test"]["cer"] < 1
+    # pretrained on voices the demo never uses (`make demo` synthesises DEMO_VOICES of the Makefile)
+    line = next(x for x in (root / "Makefile").read_text().splitlines() if x.startswith("DEMO_VOICES"))
+    demo = set(line.split("=", 1)[1].strip().split(","))
+    assert demo == {v for split in info["demo_corpus"]["voices"].values() for v in split}
+    used = {name.split()[0] for split in info["corpus"]["voices"].values() for name in split}
+    known = {v.speaker for v in VOICES}
+    assert used and used <= known and demo <= known
+    assert used.isdisjoint(demo | {"EspeakGbM4"})  # EspeakGbM4 speaks exactly as the demo's EspeakGbF4
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert all(any(fnmatch(f"data/tiny-pretrained/{f}", g) for g in globs["fedw2v"]) for f in files)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
+def test_tiny_pretrained_recognises_a_voice_it_never_heard(tmp_path):
+    """The demo's starting point already reads speech of a demo test voice (en-us+m7, never in pretraining)."""
+    import subprocess
+
+    import soundfile as sf
+    import soxr
+
+    from fedw2v.decode import Decoder
+    from fedw2v.metrics import score
+
+    sentences = ["today i 'm going to talk about the old captain and his bicycle",
+                 "we don 't really know how to repair the water pump",
+                 "my grandmother visited the museum in the city last winter"]
+    audios = []
+    for i, text in enumerate(sentences):
+        wav = tmp_path / f"{i}.wav"
+        subprocess.run(["espeak-ng", "-v", "en-us+m7", "-w", str(wav), "--", text.replace(" '", "'")], check=True)
+        audio, rate = sf.read(wav, dtype="float32")
+        audios.append(soxr.resample(audio, rate, 16_000).astype("float32"))
+    loaded = load_model("tiny-pretrained")
+    hyps = Decoder(loaded.model, loaded.processor, "cpu").decode_batch(audios)
+    assert score(sentences, hyps).cer < 0.75, hyps  # 1.0 for an untrained model (all blank)
+
+
+def test_tiny_pretrained_missing_says_how_to_rebuild(monkeypatch):
+    import fedw2v.model as model_module
+
+    monkeypatch.setitem(model_module.PRETRAINED_DIRS, "tiny-pretrained", ("data", "not-built"))
+    with pytest.raises(InputError, match="tiny-pretrained: the packaged model is missing") as exc:
+        resolve("tiny-pretrained")
+    assert "make pretrained" in exc.value.hint
 
 
 # --- saving -------------------------------------------------------------------------------------------------
@@ -260,3 +349,19 @@ def test_cli_model_errors_are_one_line(tmp_path, asr_corpus):
     res = CliRunner().invoke(app, ["evaluate", str(tmp_path / "nope"), "--manifest", str(asr_corpus[1])])
     assert res.exit_code == 2
     assert "no such model directory" in res.output and "Traceback" not in res.output
+
+
+def test_pretraining_refuses_voices_of_the_demo():
+    """scripts/pretrain_tiny.py (make pretrained) never trains on a voice the demo scores or federates."""
+    import importlib.util
+
+    path = PRETRAINED.parents[2] / "scripts" / "pretrain_tiny.py"
+    spec = importlib.util.spec_from_file_location("pretrain_tiny", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.check_voices(script.DEMO_VOICES) == script.DEMO_VOICES
+    with pytest.raises(SystemExit, match="overlap the demo corpus's voices: EspeakUsF4"):
+        script.check_voices((*script.DEMO_VOICES, "EspeakUsF4"))  # a pretraining voice
+    assert "EspeakGbM4" not in script.PRETRAIN_VOICES  # sounds exactly as the demo's EspeakGbF4
+    with pytest.raises(SystemExit, match="unknown voice"):
+        script.check_voices(("NoSuchVoice",))

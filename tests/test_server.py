@@ -267,3 +267,26 @@ def test_save_updates_keeps_the_full_client_weights(fl_clients, tmp_path):
     assert len(saved) == 2
     arrays = fp.read_update(run, 1, saved[0])
     assert "lm_head.weight" in arrays and arrays["lm_head.weight"].dtype == np.float32
+
+
+def test_the_summary_shows_wer_and_cer_of_every_evaluated_round():
+    from rich.console import Console
+
+    from fedw2v.render import simulate_rows, simulate_table
+
+    history = [{"round": r, "wer": 0.9 - 0.01 * r, "cer": 0.5 - 0.02 * r, "loss": 1.0} for r in range(7)]
+    history[3]["wer"] = 0.95  # a round that got worse
+    config = SimpleNamespace(clients_per_round=4, eval_split="test")
+    console = Console(width=120, record=True)
+    console.print(simulate_table(config, SimpleNamespace(round=6, history=history)))
+    text = console.export_text()
+    rows = [line for line in text.splitlines() if line.strip().startswith("│")]
+    text = " ".join(text.split())  # the caption wraps at the table's width
+    assert len(rows) == 7  # one per evaluated round, round 0 included
+    assert "6 *" in text and "test split; * best WER (round 6)" in text
+    assert "+7.00" in text and "-2.00" in text  # WER of round 3 rose by 7 points; every CER fell by 2
+    assert "not shown" not in text
+    # a long run: the first, the best and the newest evaluations, in round order
+    long = [{"round": r, "wer": 1.0 if r != 7 else 0.1, "cer": 0.5, "loss": None} for r in range(101)]
+    shown = [h["round"] for h in simulate_rows(long, limit=10)]
+    assert shown == [0, 7, *range(93, 101)]
