@@ -661,6 +661,9 @@ def simulate(
     min_fit_clients: Annotated[
         int, typer.Option(help="A round fails below this many successes [default: half the clients per round].")
     ] = 0,
+    round_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for a round's clients; a later reply is a failure [0: no limit].")
+    ] = 0.0,
     seed: Seed = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --run-dir from its LATEST checkpoint.")]
     = False,
@@ -708,7 +711,8 @@ def simulate(
         freeze_feature_encoder=freeze_feature_encoder, precision=precision,
         gradient_checkpointing=gradient_checkpointing, weighting=weighting, eval_every=eval_every,
         eval_split=eval_split, gpus_per_client=gpus_per_client, cpus_per_client=cpus_per_client,
-        min_fit_clients=min_fit_clients, seed=seed, keep_checkpoints=keep_checkpoints, resume=resume,
+        min_fit_clients=min_fit_clients, round_timeout=round_timeout, seed=seed, keep_checkpoints=keep_checkpoints,
+        resume=resume,
         footprint_rounds=rounds_fp, indicator_manifest=str(indicator.resolve()) if indicator else "",
         indicator_split=indicator_split, indicator_utterances=indicator_utterances, save_updates=save_updates,
         corpus_root=str(corpus_root.resolve()) if corpus_root else "",

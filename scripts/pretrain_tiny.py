@@ -66,9 +66,8 @@ MINUTES = 150.0  # pretraining corpus: ~100 min train, ~25 min dev, ~25 min test
 SYNTH_SEED = 1  # the demo corpus uses seed 0: other sentences
 SEED = 0  # model initialisation, batch order, dropout, masking
 # Central training stages: each is one `fedw2v train` call continuing from the previous one's checkpoint. Three
-# epochs (405 steps) take the model just past CTC's all-blank plateau (CER ~0.48 on held-out voices; eight epochs
-# reach ~0.12): the demo then shows federated fine-tuning improve it round after round, as the paper's rounds
-# improve a pretrained wav2vec2 that has no CTC training at all.
+# epochs (405 steps) take the model just past CTC's all-blank plateau (CER ~0.48 on held-out voices): the demo then
+# shows federated fine-tuning improve it round after round, as the paper's rounds improve a pretrained wav2vec2.
 STAGES = (
     {"epochs": 3, "lr": 2e-3, "warmup_steps": 100},
 )

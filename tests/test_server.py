@@ -193,6 +193,39 @@ def test_a_failing_client_is_logged_each_time_and_left_out(corrupt_client, tmp_p
     assert all(np.isfinite(v).all() for v in w.values())
 
 
+class SilentGrid(FakeGrid):
+    """A client that never answers: the first message of every push gets no reply (its TTL is recorded)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ttls = []
+
+    def push_messages(self, messages):
+        ids = super().push_messages(messages)
+        self.ttls += [m.metadata.ttl for m in messages]
+        del self.replies[ids[0]]
+        return ids
+
+
+def test_a_client_that_never_answers_fails_the_round_after_round_timeout(fl_clients, tmp_path):
+    run = tmp_path / "run"
+    grid = SilentGrid()
+    state = Server(grid, _config(fl_clients, run, rounds=2, clients_per_round=3, min_fit_clients=1,
+                                 round_timeout=1.5)).run()
+    assert state.round == 2 and grid.ttls == [1.5] * 6  # the SuperLink drops the messages after it too
+    events = _round_events(run)
+    for r in (1, 2):
+        clients = next(e["clients"] for e in events if e["round"] == r and e["event"] == "round_start")
+        fits = {e["client"]: e for e in events if e["round"] == r and e["event"] == "fit"}
+        assert sorted(fits) == clients
+        silent = fits[clients[0]]  # the first message of the round went to the lowest client id
+        assert silent["error"] == "no reply within 1.5 s (--round-timeout)"
+        assert all(fits[c]["error"] is None for c in clients[1:])
+        aggregate = next(e for e in events if e["round"] == r and e["event"] == "aggregate")
+        assert aggregate["clients"] == 2 and str(clients[0]) not in aggregate["weights"]
+    assert all(np.isfinite(v).all() for v in _weights(run, 2).values())
+
+
 def test_too_few_successes_stop_the_run_with_its_last_checkpoint_intact(corrupt_client, tmp_path):
     clients, root = corrupt_client
     run = tmp_path / "run"

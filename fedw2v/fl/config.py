@@ -20,7 +20,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 RECIPES = ("paper", "tiny")
 EVAL_SPLITS = ("test", "dev")
 # Keys that may differ when a run is resumed (everything else must match config.json).
-RESUMABLE_CHANGES = ("rounds", "keep_checkpoints", "resume")
+RESUMABLE_CHANGES = ("rounds", "keep_checkpoints", "resume", "round_timeout")
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class SimulateConfig:
     gpus_per_client: float = 1.0  # GPU share per client (0.5: two clients per GPU; 0 without a GPU)
     cpus_per_client: float = 2.0  # CPU cores per client (Ray resource)
     min_fit_clients: int = 0  # a round fails when fewer clients succeed (0: half the clients per round, at least 1)
+    round_timeout: float = 0.0  # seconds to wait for a round's replies; later ones count as failed (0: no limit)
     seed: int = 0  # sampling, model initialisation, local batch order
     keep_checkpoints: int = 3  # newest checkpoints kept (the best-WER one is always kept too)
     resume: bool = False  # continue from checkpoints/LATEST of run_dir
@@ -74,6 +75,7 @@ class SimulateConfig:
             (self.cpus_per_client > 0, "cpus per client must be positive"),
             (self.min_fit_clients >= 0, "min fit clients must be non-negative"),
             (self.min_fit_clients <= self.clients_per_round, "min fit clients cannot exceed clients per round"),
+            (self.round_timeout >= 0, "round timeout must be non-negative (0: no limit)"),
             (self.keep_checkpoints >= 1, "keep-checkpoints must be at least 1"),
             (all(1 <= r <= self.rounds for r in self.footprint_rounds), "footprint rounds must lie in 1..rounds"),
             (self.indicator_utterances >= 1, "indicator utterances must be at least 1"),

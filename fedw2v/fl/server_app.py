@@ -190,14 +190,16 @@ class Server:
 
         record = record_from_arrays(trainable_arrays(lm.model))
         nodes = self._nodes()
+        timeout = self.config.round_timeout or None
         messages = []
         for i, cid in enumerate(clients):
             job = TrainJob(cid, r, str(Path(self.config.clients_manifest).resolve()), self.config.corpus_root,
                            self.base_model, self.train_config.to_dict(), self.config.seed)
             messages.append(Message(RecordDict({"arrays": record, "config": job.to_record()}),
                                     dst_node_id=nodes[i % len(nodes)], message_type=MessageType.TRAIN,
-                                    group_id=str(r)))
+                                    group_id=str(r), ttl=timeout))
         ids = set(self.grid.push_messages(messages))
+        deadline = None if timeout is None else time.monotonic() + timeout
         # pushing gives each message its id in place; a message the SuperLink refused has no reply to wait for
         by_id = {m.metadata.message_id: cid for m, cid in zip(messages, clients)}
         pending = ids & set(by_id)
@@ -215,6 +217,16 @@ class Server:
                 results[cid] = self._result(reply, arrays_from_record, non_finite)
                 self.report({"event": "client_done", "round": r, "client": cid, "error": results[cid]["error"],
                              "done": len(results), "of": len(clients)})
+            if pending and deadline is not None and time.monotonic() >= deadline:
+                # a client that never answers must not block a multi-day run: it fails this round (a late reply
+                # is ignored: the next round waits for its own message ids only)
+                for msg_id in sorted(pending, key=lambda m: by_id[m]):
+                    cid = by_id[msg_id]
+                    results[cid] = {"error": f"no reply within {timeout:g} s (--round-timeout)", "metrics": {},
+                                    "arrays": None}
+                    self.report({"event": "client_done", "round": r, "client": cid, "error": results[cid]["error"],
+                                 "done": len(results), "of": len(clients)})
+                pending.clear()
             if pending:
                 time.sleep(0.05)
         return results
