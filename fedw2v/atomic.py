@@ -27,3 +27,19 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def replace_directory(new: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Put the complete directory ``new`` (on the same file system) in place of ``out``: a reader sees the old
+    directory or the new one, never a mix; the old one is deleted afterwards."""
+    import shutil
+
+    new, out = Path(new), Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        os.replace(out, old / out.name)
+        os.replace(new, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, out)

@@ -378,19 +378,23 @@ def train(
     seed: Seed = 0,
     allow_pickle: AllowPickle = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the training metrics as JSON only.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --out from its newest epoch checkpoint.")
+    ] = False,
+    keep_checkpoints: Annotated[int, typer.Option(help="Newest epoch checkpoints kept.")] = 1,
 ) -> None:
-    """Train a CTC model centrally on the corpus train split and save it (a run directory with a checkpoint)."""
+    """Train a CTC model centrally on the corpus train split (a run directory with a checkpoint per epoch)."""
     import json
     import time
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from fedw2v import manifest, runs
+    from fedw2v import manifest, runs, train_run
     from fedw2v import train as tr
     from fedw2v.batching import utterances_from_manifest
     from fedw2v.console import console, err_console
     from fedw2v.errors import InputError
-    from fedw2v.model import load_model, save_model
+    from fedw2v.model import load_model
     from fedw2v.render import train_table
 
     spec = model or "facebook/wav2vec2-large-lv60"
@@ -406,28 +410,48 @@ def train(
     )  # fmt: skip
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a directory")
+    if keep_checkpoints < 1:
+        raise UsageError("--keep-checkpoints must be at least 1")
     source = manifest.read(manifest_path)
     train_utts = utterances_from_manifest(source, split="train")
     if not train_utts:
         raise InputError(f"{manifest_path}: no train utterances to train on")
     dev_utts = utterances_from_manifest(source, split="dev") if config.newbob else []
-    loaded = load_model(spec, [u.text for u in train_utts], allow_pickle=allow_pickle, seed=seed)
+    wanted = {
+        "command": "train", "manifest": str(manifest_path.resolve()), "model_spec": spec, "recipe": recipe_name,
+        "train": config.to_dict(), "train_utterances": len(train_utts), "dev_utterances": len(dev_utts),
+    }  # fmt: skip
+    texts = [u.text for u in train_utts]
+    state = None
+    if resume:
+        ckpt, state = train_run.resume_point(out, wanted)
+        recorded = runs.read_json(out / runs.CONFIG)
+        loaded = load_model(str(ckpt), texts, allow_pickle=allow_pickle, seed=seed)
+        model_name = recorded.get("model", str(loaded.source))
+        dropped = runs.MetricsLog(out).truncate_after(state.epochs_done, key="epoch", drop=("train_end",))
+        err_console.print(f"resuming {out} after epoch {state.epochs_done} ({ckpt.name}; {state.metrics['steps']} "
+                          f"steps; {dropped} later events dropped from metrics.jsonl)")  # fmt: skip
+    else:
+        train_run.check_new(out)
+        loaded = load_model(spec, texts, allow_pickle=allow_pickle, seed=seed)
+        model_name = str(loaded.source)
     _say_model(loaded, f"; recipe {recipe_name}")
 
-    out.mkdir(parents=True, exist_ok=True)
-    run_config = {
-        "command": "train", "manifest": str(manifest_path), "model": str(loaded.source), "recipe": recipe_name,
-        "train": config.to_dict(), "train_utterances": len(train_utts), "dev_utterances": len(dev_utts),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }  # fmt: skip
-    runs.write_text_atomic(out / "config.json", json.dumps(run_config, indent=2) + "\n")
-    log = open(out / "metrics.jsonl", "a")
+    if not resume:
+        out.mkdir(parents=True, exist_ok=True)
+        run_config = {**wanted, "model": model_name, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        runs.write_text_atomic(out / runs.CONFIG, json.dumps(run_config, indent=2) + "\n")
+    log = runs.MetricsLog(out)
 
     def on_epoch(epoch: int, m: Any) -> None:
-        log.write(json.dumps({"event": "epoch", "epoch": epoch + 1, "loss": m.epoch_loss[-1],
-                              "dev_loss": m.dev_loss[-1], "steps": m.steps, "skipped_batches": m.skipped_batches,
-                              "lr_encoder": m.lr_encoder, "lr_head": m.lr_head, "seconds": m.seconds}) + "\n")  # fmt: skip
-        log.flush()
+        log.append(runs.json_safe({
+            "event": "epoch", "epoch": epoch + 1, "loss": m.epoch_loss[-1], "dev_loss": m.dev_loss[-1],
+            "steps": m.steps, "skipped_batches": m.skipped_batches, "lr_encoder": m.lr_encoder, "lr_head": m.lr_head,
+            "seconds": m.seconds}))  # fmt: skip
+
+    def on_state(st: Any) -> None:
+        if st.metrics["steps"]:  # an epoch without any step (all batches skipped) leaves nothing to save
+            train_run.save_epoch(loaded.model, loaded.processor, out, st, model_name, keep_checkpoints)
 
     with Progress(
         TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
@@ -441,29 +465,21 @@ def train(
             bar.update(task, completed=done, total=p.epochs * p.batches, epoch=f"{p.epoch + 1}/{p.epochs}",
                        loss=f"{p.loss:.3f}", speed=f"{p.audio_seconds_per_second:.1f}")  # fmt: skip
 
-        try:
-            metrics = tr.local_train(loaded.model, loaded.processor, train_utts, config, dev=dev_utts or None,
-                                     progress=progress, on_epoch=on_epoch)  # fmt: skip
-        finally:
-            log.close()
+        metrics = tr.local_train(loaded.model, loaded.processor, train_utts, config, dev=dev_utts or None,
+                                 progress=progress, on_epoch=on_epoch, on_state=on_state, resume=state)  # fmt: skip
     if metrics.steps == 0:
         raise InputError(
             f"{manifest_path}: no training step was taken ({metrics.samples} utterances within "
             f"{config.min_seconds}-{config.max_seconds} s, {metrics.skipped_batches} skipped batches); nothing saved"
         )
-    name = f"epoch-{len(metrics.epoch_loss):04d}"
-    loaded.model.to("cpu")
-    state = {"epoch": len(metrics.epoch_loss), "metrics": metrics.to_dict(), "model_source": str(loaded.source)}
-    ckpt = save_model(loaded.model, loaded.processor, out / "checkpoints" / name, extra_json={"state.json": state})
-    runs.publish_checkpoint(out, name)
+    ckpt = runs.latest_checkpoint(out)
     runs.mark_latest_run(out)
-    with open(out / "metrics.jsonl", "a") as fh:
-        fh.write(json.dumps({"event": "train_end", "checkpoint": name, **metrics.to_dict()}) + "\n")
+    log.append(runs.json_safe({"event": "train_end", "checkpoint": ckpt.name, **metrics.to_dict()}))
     if json_out:
-        typer.echo(json.dumps({"run": str(out), "checkpoint": str(ckpt), "model": str(loaded.source),
+        typer.echo(json.dumps({"run": str(out), "checkpoint": str(ckpt), "model": model_name,
                                **metrics.to_dict()}))  # fmt: skip
     else:
-        console.print(train_table(metrics, str(loaded.source), ckpt))
+        console.print(train_table(metrics, model_name, ckpt))
 
 
 @app.command()

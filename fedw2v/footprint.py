@@ -39,7 +39,6 @@ A footprint is layers × 2 × hidden float32: 25 × 2 × 1024 × 4 B = 200 KiB f
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 import time
@@ -1077,17 +1076,9 @@ def _analyse_round(run: Path, r: int, sim: Any, config: FootprintConfig, train_c
 
 def report_json(report: FootprintReport) -> str:
     """The report as one JSON document (NaN-free)."""
+    from fedw2v.runs import json_safe
 
-    def clean(value: Any) -> Any:
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [clean(v) for v in value]
-        return value
-
-    return json.dumps(clean(report.to_dict()))
+    return json.dumps(json_safe(report.to_dict()))
 
 
 __all__ = [

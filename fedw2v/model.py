@@ -29,11 +29,12 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedw2v.atomic import replace_directory
 from fedw2v.errors import InputError
 from fedw2v.text import BLANK, UNK, WORD_DELIMITER, character_vocabulary, vocabulary_covers
 
@@ -413,11 +414,13 @@ def save_model(
     processor: Wav2Vec2Processor,
     out_dir: str | os.PathLike,
     extra_json: dict[str, Any] | None = None,
+    extra_files: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write a complete Hugging Face model directory atomically (temporary directory, fsync, rename).
 
-    ``extra_json`` maps file names to JSON-serialisable objects written beside the model (e.g. state.json).
-    An existing ``out_dir`` is replaced only once the new one is complete.
+    ``extra_json`` maps file names to JSON-serialisable objects written beside the model (e.g. state.json);
+    ``extra_files(directory)`` writes more files there (e.g. the training state). An existing ``out_dir`` is
+    replaced only once the new one is complete.
     """
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -431,16 +434,12 @@ def save_model(
                 processor.feature_extractor.save_pretrained(tmp)
         for name, obj in (extra_json or {}).items():
             (tmp / name).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        if extra_files is not None:
+            extra_files(tmp)
         if not (tmp / "model.safetensors").is_file() and not (tmp / "model.safetensors.index.json").is_file():
             raise RuntimeError(f"{tmp}: transformers wrote no safetensors weights")
         _fsync_tree(tmp)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_directory(tmp, out)
         _fsync_dir(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

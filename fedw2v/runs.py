@@ -113,11 +113,12 @@ def newest_run(root: str | os.PathLike | None = None) -> Path | None:
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 STATE = "state.json"
-CHECKPOINT_PREFIX = "round-"
+CHECKPOINT_PREFIX = "round-"  # simulate: checkpoints/round-NNNN
+EPOCH_PREFIX = "epoch-"  # train: checkpoints/epoch-NNNN
 
 
-def checkpoint_name(round_: int) -> str:
-    return f"{CHECKPOINT_PREFIX}{round_:04d}"
+def checkpoint_name(round_: int, prefix: str = CHECKPOINT_PREFIX) -> str:
+    return f"{prefix}{round_:04d}"
 
 
 def write_json_atomic(path: Path, obj: object) -> None:
@@ -168,14 +169,28 @@ class MetricsLog:
             fh.flush()
             os.fsync(fh.fileno())
 
-    def truncate_after(self, round_: int) -> int:
-        """Keep the events of rounds <= round_ (and events without a round); returns how many were dropped."""
+    def truncate_after(self, round_: int, key: str = "round", drop: tuple[str, ...] = ()) -> int:
+        """Keep the events of rounds (or another ``key``: epochs) <= round_ and events without one, except the
+        ``drop`` event kinds; returns how many were dropped."""
         import json
 
         events = read_metrics(self.path.parent)
-        kept = [e for e in events if e.get("round", -1) <= round_]
+        kept = [e for e in events if e.get(key, -1) <= round_ and e.get("event") not in drop]
         write_text_atomic(self.path, "".join(json.dumps(e, sort_keys=True) + "\n" for e in kept))
         return len(events) - len(kept)
+
+
+def json_safe(value: object) -> object:
+    """``value`` with every non-finite float replaced by None (metrics.jsonl is strict JSON)."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def _json_default(value: object) -> object:
@@ -186,34 +201,36 @@ def _json_default(value: object) -> object:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def checkpoint_rounds(run_dir: str | os.PathLike) -> list[int]:
-    """Rounds that have a complete checkpoint directory, ascending."""
+def checkpoint_rounds(run_dir: str | os.PathLike, prefix: str = CHECKPOINT_PREFIX) -> list[int]:
+    """Rounds (epochs, with ``prefix=EPOCH_PREFIX``) that have a complete checkpoint directory, ascending."""
     ckpts = Path(run_dir) / "checkpoints"
     if not ckpts.is_dir():
         return []
     rounds = []
     for d in ckpts.iterdir():
-        if d.name.startswith(CHECKPOINT_PREFIX) and (d / "config.json").is_file() and (d / STATE).is_file():
+        if d.name.startswith(prefix) and (d / "config.json").is_file() and (d / STATE).is_file():
             try:
-                rounds.append(int(d.name[len(CHECKPOINT_PREFIX):]))
+                rounds.append(int(d.name[len(prefix):]))
             except ValueError:
                 continue
     return sorted(rounds)
 
 
-def prune_checkpoints(run_dir: str | os.PathLike, keep: int, protect: set[int]) -> list[int]:
+def prune_checkpoints(
+    run_dir: str | os.PathLike, keep: int, protect: set[int], prefix: str = CHECKPOINT_PREFIX
+) -> list[int]:
     """Delete all but the newest `keep` checkpoints and the `protect`ed rounds (the best, the LATEST, the
     footprint rounds); leftovers of interrupted writes (``.round-*.tmp``) go too. Returns the deleted rounds."""
     import shutil
 
     ckpts = Path(run_dir) / "checkpoints"
-    rounds = checkpoint_rounds(run_dir)
+    rounds = checkpoint_rounds(run_dir, prefix)
     keep_set = set(rounds[-keep:]) | set(protect)
     deleted = []
     for r in rounds:
         if r not in keep_set:
-            shutil.rmtree(ckpts / checkpoint_name(r), ignore_errors=True)
+            shutil.rmtree(ckpts / checkpoint_name(r, prefix), ignore_errors=True)
             deleted.append(r)
-    for leftover in ckpts.glob(f".{CHECKPOINT_PREFIX}*"):
+    for leftover in ckpts.glob(f".{prefix}*"):
         shutil.rmtree(leftover, ignore_errors=True)
     return deleted

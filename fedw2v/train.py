@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from fedw2v.errors import EnvironmentProblem
+from fedw2v.train_state import TrainState
 
 if TYPE_CHECKING:  # pragma: no cover
     from fedw2v.batching import Utterance
@@ -272,19 +273,23 @@ def local_train(
     dev: Sequence[Utterance] | None = None,
     progress: Callable[[TrainProgress], None] | None = None,
     on_epoch: Callable[[int, TrainMetrics], None] | None = None,
+    on_state: Callable[[TrainState], None] | None = None,
+    resume: TrainState | None = None,
 ) -> TrainMetrics:
     """Train ``model`` in place on ``utterances`` (and anneal on ``dev``); return what happened.
 
     ``progress`` is called after every batch, ``on_epoch(epoch, metrics so far)`` after every epoch (e.g. to
-    log or checkpoint). The model stays on the training device in train mode afterwards. Nothing is written
-    to disk here.
+    log), then ``on_state(state)`` with everything needed to continue from there (`fedw2v.train_state`; e.g. to
+    checkpoint: its optimizer tensors are the live ones, so save it before returning). ``resume``: such a state, with ``model`` holding the weights of that moment; training goes on
+    from the next epoch and ends with the same weights as a run that never stopped. The model stays on the
+    training device in train mode afterwards. Nothing is written to disk here.
     """
     import torch
 
     from fedw2v.batching import BucketBatchSampler, filter_by_duration
     from fedw2v.model import min_train_samples, receptive_field
 
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() - (resume.metrics.get("seconds", 0.0) if resume else 0.0)
     device = resolve_device(config.device)
     cuda = device.startswith("cuda")
     if not cuda:
@@ -335,9 +340,14 @@ def local_train(
     # them back afterwards), so the same seed gives the same weights whichever process runs the call.
     with torch.random.fork_rng(devices=rng_devices), _numpy_seeded(config.seed):
         torch.manual_seed(config.seed)
+        start = 0
+        if resume is not None:
+            start = _restore(resume, optimizer, scaler, newbob, scale, metrics, device)
         model.train()
         optimizer.zero_grad(set_to_none=True)
-        for epoch in range(config.epochs):
+        for epoch in range(start, config.epochs):
+            if config.max_steps is not None and metrics.steps >= config.max_steps:
+                break
             sampler.set_epoch(epoch)
             batches = len(sampler)
             loss_sum, loss_n, pending = 0.0, 0, 0
@@ -389,10 +399,58 @@ def local_train(
             metrics.seconds = time.perf_counter() - t0
             if on_epoch:
                 on_epoch(epoch, metrics)
+            if on_state:
+                on_state(_snapshot(epoch + 1, optimizer, scaler, newbob, metrics, device))
             if config.max_steps is not None and metrics.steps >= config.max_steps:
                 break
     metrics.seconds = time.perf_counter() - t0
     return metrics
+
+
+def _snapshot(epochs_done: int, optimizer: Any, scaler: Any, newbob: dict[str, NewBob], metrics: TrainMetrics,
+              device: str) -> TrainState:
+    """The training state at the end of an epoch (inside `local_train`'s generator context)."""
+    import copy
+
+    import torch
+
+    from fedw2v.train_state import numpy_state
+
+    cuda = device.startswith("cuda")
+    return TrainState(
+        epochs_done=epochs_done,
+        metrics=copy.deepcopy(metrics.to_dict()),
+        newbob={name: {"scale": nb.scale, "wait": nb.wait, "previous": nb.previous} for name, nb in newbob.items()},
+        optimizer=optimizer.state_dict(),
+        scaler=scaler.state_dict() if scaler.is_enabled() else {},
+        torch_rng=torch.get_rng_state(),
+        cuda_rng=torch.cuda.get_rng_state(torch.device(device)) if cuda else None,
+        numpy_rng=numpy_state(),
+    )
+
+
+def _restore(state: TrainState, optimizer: Any, scaler: Any, newbob: dict[str, NewBob], scale: dict[str, float],
+             metrics: TrainMetrics, device: str) -> int:
+    """Put a `_snapshot` back (optimizer, scaler, NewBob, metrics, generators); returns the next epoch."""
+    import torch
+
+    from fedw2v.train_state import set_numpy_state
+
+    optimizer.load_state_dict(state.optimizer)
+    if scaler.is_enabled() and state.scaler:
+        scaler.load_state_dict(state.scaler)
+    for name, nb in newbob.items():
+        saved = state.newbob[name]
+        nb.scale, nb.wait, nb.previous = saved["scale"], saved["wait"], saved["previous"]
+        scale[name] = nb.scale
+    for key, value in state.metrics.items():
+        if key not in ("samples", "filtered", "device", "precision"):
+            setattr(metrics, key, list(value) if isinstance(value, list) else value)
+    torch.set_rng_state(state.torch_rng)
+    if state.cuda_rng is not None and device.startswith("cuda"):
+        torch.cuda.set_rng_state(state.cuda_rng, torch.device(device))
+    set_numpy_state(state.numpy_rng)
+    return state.epochs_done
 
 
 @contextlib.contextmanager

@@ -71,7 +71,7 @@ SEED = 0  # model initialisation, batch order, dropout, masking
 STAGES = (
     {"epochs": 3, "lr": 2e-3, "warmup_steps": 100},
 )
-MODEL_FILES_SKIPPED = ("state.json",)  # training state of the run checkpoint, not part of the model
+MODEL_FILES_SKIPPED = ("state.json", "train_state.json", "train_state.safetensors")  # run checkpoint state, not model
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
@@ -253,17 +253,6 @@ def assemble(src: Path, info: dict, dest: Path) -> None:
     (dest / "README.md").write_text(readme(info))
 
 
-def replace_dir(new: Path, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-        os.replace(out, old / out.name)
-        os.replace(new, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, out)
-
-
 def compare(a: Path, b: Path) -> list[str]:
     """Names of files that differ or exist on one side only."""
     names = sorted({p.name for p in a.iterdir()} | {p.name for p in b.iterdir()})
@@ -331,7 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     staged = Path(tempfile.mkdtemp(prefix=f".{args.out.name}.", suffix=".new", dir=args.out.parent))
     staged.rmdir()
     shutil.copytree(built, staged)
-    replace_dir(staged, args.out)
+    from fedw2v.atomic import replace_directory
+
+    replace_directory(staged, args.out)
     log(f"wrote {args.out} ({sum(f.stat().st_size for f in args.out.iterdir()) / 1e6:.1f} MB)")
     return 0
 

@@ -226,3 +226,92 @@ def test_cli_train_usage_errors(tmp_path, asr_corpus):
     res = runner.invoke(app, ["train", str(tmp_path / "missing.parquet"), "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "no such manifest" in res.output
     assert not (tmp_path / "o").exists()
+
+
+# --- fedw2v train: a checkpoint per epoch, --resume ----------------------------------------------------------------
+
+
+class Crash(Exception):
+    """Stands for a crash (power cut, OOM kill) right after an epoch checkpoint became LATEST."""
+
+
+def _epoch_events(run):
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in e.items() if k != "seconds"} for e in events if e["event"] == "epoch"]
+
+
+def _final_weights(run):
+    from safetensors.torch import load_file
+
+    latest = (run / "checkpoints" / "LATEST").read_text().strip()
+    return latest, load_file(str(run / "checkpoints" / latest / "model.safetensors"))
+
+
+def test_train_resumed_after_a_crash_ends_with_the_same_weights_and_metrics(tmp_path, asr_corpus, monkeypatch):
+    from fedw2v import train_run
+
+    # NewBob on the dev loss, warm-up across the crash, dropout and masking: every piece of state matters
+    args = ["train", str(asr_corpus[1]), "--model", "tiny", "--epochs", "4", "--batch-size", "2", "--newbob",
+            "--warmup-steps", "5", "--json"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert runner.invoke(app, [*args, "--out", str(full)]).exit_code == 0
+
+    real_save = train_run.save_epoch
+
+    def save_then_crash(model, processor, out, state, *rest):
+        ckpt = real_save(model, processor, out, state, *rest)
+        if state.epochs_done == 2:
+            raise Crash("killed after epoch 2")
+        return ckpt
+
+    monkeypatch.setattr(train_run, "save_epoch", save_then_crash)
+    res = runner.invoke(app, [*args, "--out", str(part)])
+    assert res.exit_code != 0
+    assert (part / "checkpoints" / "LATEST").read_text().strip() == "epoch-0002"
+    assert sorted(p.name for p in (part / "checkpoints").iterdir()) == ["LATEST", "epoch-0002"]  # keep 1
+    for name in ("train_state.json", "train_state.safetensors", "state.json", "model.safetensors"):
+        assert (part / "checkpoints" / "epoch-0002" / name).is_file(), name
+    monkeypatch.setattr(train_run, "save_epoch", real_save)
+
+    # a new run cannot overwrite it; a resume with other training options is refused, naming them
+    res = runner.invoke(app, [*args, "--out", str(part)])
+    assert res.exit_code == 2 and "already holds a training run" in res.output and "--resume" in res.output
+    res = runner.invoke(app, [*args, "--out", str(part), "--resume", "--lr-head", "0.5", "--seed", "3"])
+    assert res.exit_code == 2 and "train.lr_head, train.seed differ" in " ".join(res.output.split())
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "nothing"), "--resume"])
+    assert res.exit_code == 2 and "nothing to resume" in res.output
+
+    res = runner.invoke(app, [*args, "--out", str(part), "--resume"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.stdout)
+    assert len(info["epoch_loss"]) == 4 and info["checkpoint"].endswith("epoch-0004")
+    (name_a, a), (name_b, b) = _final_weights(full), _final_weights(part)
+    assert name_a == name_b == "epoch-0004" and a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical
+    assert _epoch_events(part) == _epoch_events(full)  # each epoch logged once, with the same numbers
+    ends = [json.loads(line) for line in (part / "metrics.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in ends].count("train_end") == 1
+
+
+def test_train_state_round_trips_through_safetensors_and_json(tmp_path):
+    from fedw2v.train_state import StateMissing, TrainState
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    state = TrainState(epochs_done=2, metrics={"steps": 1, "epoch_loss": [1.0, math.nan]},
+                       newbob={"encoder": {"scale": 0.5, "wait": 0, "previous": 1.5}}, optimizer=opt.state_dict(),
+                       torch_rng=torch.get_rng_state(), numpy_rng={"bit_generator": "MT19937"})  # fmt: skip
+    state.save(tmp_path)
+    back = TrainState.load(tmp_path)
+    assert back.epochs_done == 2 and back.newbob == state.newbob and math.isnan(back.metrics["epoch_loss"][1])
+    assert torch.equal(back.torch_rng, state.torch_rng) and back.cuda_rng is None
+    for i, entry in state.optimizer["state"].items():
+        assert all(torch.equal(back.optimizer["state"][i][k], v) for k, v in entry.items())
+    fresh = torch.optim.Adam(model.parameters(), lr=1e-3)
+    fresh.load_state_dict(back.optimizer)  # what local_train does with it
+    assert fresh.state_dict()["param_groups"][0]["lr"] == 1e-3
+    (tmp_path / "train_state.safetensors").unlink()
+    with pytest.raises(StateMissing, match="not a resumable training checkpoint"):
+        TrainState.load(tmp_path)
