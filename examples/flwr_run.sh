@@ -21,10 +21,10 @@ default = "local"
 
 [superlink.local]
 address = ":local:"
-options.num-supernodes = 2
-options.backend.client-resources.num-cpus = 1
-options.backend.client-resources.num-gpus = 0.0
 TOML
+# The simulation's shape (2 virtual SuperNodes, 1 CPU and no GPU per ClientApp) travels with the run, as Flower
+# >= 1.28 wants it (`options.` in the connection above is deprecated there).
+FEDERATION="num-supernodes=2 client-resources-num-cpus=1 client-resources-num-gpus=0.0"
 
 kill_tree() {  # a process and everything below it
   local pid=$1 child
@@ -37,6 +37,7 @@ stop_superlink() {
 }
 trap stop_superlink EXIT
 
-flwr run . --stream --run-config "clients-manifest='$CLIENTS' run-dir='$RUN_DIR' $EXTRA"
+flwr run . --stream --federation-config "$FEDERATION" \
+    --run-config "clients-manifest='$CLIENTS' run-dir='$RUN_DIR' $EXTRA"
 test -f "$RUN_DIR/checkpoints/LATEST" || { echo "flwr run finished without a checkpoint in $RUN_DIR" >&2; exit 1; }
 echo "flwr run: $RUN_DIR/checkpoints/$(cat "$RUN_DIR/checkpoints/LATEST")"

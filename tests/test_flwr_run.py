@@ -43,6 +43,7 @@ def test_flwr_run_on_a_local_simulation_superlink(fl_clients, tmp_path):
     out = subprocess.run([str(ROOT / "examples" / "flwr_run.sh"), str(fl_clients), str(run), "rounds=1"],
                          env=env, capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    assert "deprecated" not in out.stdout + out.stderr  # Flower's current way to shape a local simulation
     assert (run / "checkpoints" / "LATEST").read_text().strip() == "round-0001"
     events = runs.read_metrics(run)
     assert [e["round"] for e in events if e["event"] == "round_end"] == [0, 1]
