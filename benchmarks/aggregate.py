@@ -31,17 +31,20 @@ def base_shapes(params: float) -> dict[str, tuple[int, ...]]:
         shapes[f"feature_extractor.conv_layers.{i}.conv.weight"] = (512, 512, 3 if i < 5 else 2)
     shapes["feature_projection.projection.weight"] = (768, 512)
     shapes["encoder.pos_conv_embed.conv.weight"] = (768, 48, 128)
+    block = (("attention.q_proj.weight", (768, 768)), ("attention.k_proj.weight", (768, 768)),
+             ("attention.v_proj.weight", (768, 768)), ("attention.out_proj.weight", (768, 768)),
+             ("feed_forward.intermediate_dense.weight", (3072, 768)),
+             ("feed_forward.output_dense.weight", (768, 3072)), ("layer_norm.weight", (768,)),
+             ("attention.q_proj.bias", (768,)), ("feed_forward.intermediate_dense.bias", (3072,)))
+    per_block = sum(int(np.prod(shape)) for _, shape in block)
+    total = sum(int(np.prod(s)) for s in shapes.values())
     layers = 0
-    while True:
-        for name, shape in (("attention.q_proj.weight", (768, 768)), ("attention.k_proj.weight", (768, 768)),
-                            ("attention.v_proj.weight", (768, 768)), ("attention.out_proj.weight", (768, 768)),
-                            ("feed_forward.intermediate_dense.weight", (3072, 768)),
-                            ("feed_forward.output_dense.weight", (768, 3072)), ("layer_norm.weight", (768,)),
-                            ("attention.q_proj.bias", (768,)), ("feed_forward.intermediate_dense.bias", (3072,))):
+    # whole blocks while they fit (wav2vec2-base: 12 blocks, 94.4M parameters; the default 95e6 gives 12)
+    while layers == 0 or total + per_block <= params:
+        for name, shape in block:
             shapes[f"encoder.layers.{layers}.{name}"] = shape
+        total += per_block
         layers += 1
-        if sum(int(np.prod(s)) for s in shapes.values()) >= params:
-            break
     shapes["lm_head.weight"] = (32, 768)
     return shapes
 
