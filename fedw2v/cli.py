@@ -437,11 +437,13 @@ def train(
         model_name = str(loaded.source)
     _say_model(loaded, f"; recipe {recipe_name}")
 
+    log = runs.MetricsLog(out)
     if not resume:
         out.mkdir(parents=True, exist_ok=True)
         run_config = {**wanted, "model": model_name, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         runs.write_text_atomic(out / runs.CONFIG, json.dumps(run_config, indent=2) + "\n")
-    log = runs.MetricsLog(out)
+        if log.path.is_file():  # a run that crashed before its first checkpoint: its events describe nothing kept
+            log.truncate_after(0, key="epoch", drop=("train_end",))
 
     def on_epoch(epoch: int, m: Any) -> None:
         log.append(runs.json_safe({

@@ -315,3 +315,17 @@ def test_train_state_round_trips_through_safetensors_and_json(tmp_path):
     (tmp_path / "train_state.safetensors").unlink()
     with pytest.raises(StateMissing, match="not a resumable training checkpoint"):
         TrainState.load(tmp_path)
+
+
+def test_a_new_run_after_a_crash_before_any_checkpoint_starts_a_clean_log(tmp_path, asr_corpus):
+    out = tmp_path / "run"
+    out.mkdir()
+    # a crash between logging epoch 1 and writing its checkpoint: an event with nothing behind it
+    (out / "metrics.jsonl").write_text(json.dumps({"event": "epoch", "epoch": 1, "loss": 9.0}) + "\n")
+    res = runner.invoke(app, ["train", str(asr_corpus[1]), "--out", str(out), "--resume"])
+    assert res.exit_code == 2 and "nothing to resume" in res.output and "without --resume" in res.output
+    res = runner.invoke(app, ["train", str(asr_corpus[1]), "--out", str(out), "--model", "tiny", "--epochs", "1",
+                              "--json"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events] == ["epoch", "train_end"] and events[0]["loss"] != 9.0
