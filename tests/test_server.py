@@ -226,6 +226,25 @@ def test_a_client_that_never_answers_fails_the_round_after_round_timeout(fl_clie
     assert all(np.isfinite(v).all() for v in _weights(run, 2).values())
 
 
+def test_a_message_the_superlink_expired_counts_as_a_round_timeout(fl_clients, tmp_path):
+    """Flower's engine answers an expired message (its TTL = --round-timeout) with an error reply of its own."""
+
+    class ExpiringGrid(FakeGrid):
+        def push_messages(self, messages):
+            ids = super().push_messages(messages)
+            reason = ("Message Unavailable - The requested message could not be found in the database. It may have "
+                      "expired due to its TTL, been deleted because ...")
+            self.replies[ids[0]] = FakeReply(ids[0], error=SimpleNamespace(reason=reason))
+            return ids
+
+    run = tmp_path / "run"
+    Server(ExpiringGrid(), _config(fl_clients, run, rounds=1, clients_per_round=2, min_fit_clients=1,
+                                   round_timeout=30)).run()
+    fits = [e for e in _round_events(run) if e["event"] == "fit"]
+    assert [e["error"] for e in fits] == ["no reply within 30 s (--round-timeout; the SuperLink expired the message)",
+                                          None]
+
+
 def test_too_few_successes_stop_the_run_with_its_last_checkpoint_intact(corrupt_client, tmp_path):
     clients, root = corrupt_client
     run = tmp_path / "run"

@@ -214,7 +214,7 @@ class Server:
                     continue
                 pending.discard(msg_id)
                 cid = by_id[msg_id]
-                results[cid] = self._result(reply, arrays_from_record, non_finite)
+                results[cid] = self._result(reply, arrays_from_record, non_finite, timeout)
                 self.report({"event": "client_done", "round": r, "client": cid, "error": results[cid]["error"],
                              "done": len(results), "of": len(clients)})
             if pending and deadline is not None and time.monotonic() >= deadline:
@@ -232,9 +232,12 @@ class Server:
         return results
 
     @staticmethod
-    def _result(reply: Message, arrays_from_record: Any, non_finite: Any) -> dict:
+    def _result(reply: Message, arrays_from_record: Any, non_finite: Any, timeout: float | None = None) -> dict:
         if reply.has_error():
             reason = " ".join(str(reply.error.reason).split())
+            if timeout is not None and "TTL" in reason:  # the SuperLink expired it: --round-timeout passed
+                return {"error": f"no reply within {timeout:g} s (--round-timeout; the SuperLink expired the "
+                                 "message)", "metrics": {}, "arrays": None}
             return {"error": f"client app crashed: {reason[:300]}", "metrics": {}, "arrays": None}
         content = reply.content
         status = content["status"]
