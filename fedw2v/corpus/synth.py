@@ -761,14 +761,8 @@ def _write_doc(root: Path, config: SynthConfig, result: SynthResult) -> None:
 
 def _move_into_place(staging: Path, out: Path) -> None:
     """Rename the finished corpus to `out`; an existing `out` (empty, or replaced with force) is removed."""
-    if not out.exists():
-        os.rename(staging, out)
-        return
-    if not any(out.iterdir()):
+    from fedw2v.atomic import replace_directory
+
+    if out.exists() and not any(out.iterdir()):
         out.rmdir()
-        os.rename(staging, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-    os.rename(out, old / out.name)
-    os.rename(staging, out)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_directory(staging, out)
