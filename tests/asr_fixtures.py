@@ -138,3 +138,21 @@ def _train_tiny(m, out_dir: Path):
     after = greedy_cer(loaded.model, loaded.processor, utts)
     loaded.model.to("cpu")
     return save_model(loaded.model, loaded.processor, out_dir), metrics, before, after
+
+
+def synth_clients(root: Path, synth_args: list[str], partition_args: list[str] = ()) -> Path:
+    """`fedw2v synth ROOT/corpus SYNTH_ARGS`, `prepare`, then `partition PARTITION_ARGS` through the CLI, as a user
+    runs them; returns ROOT/clients.parquet (ROOT/manifest.parquet beside it)."""
+    from typer.testing import CliRunner
+
+    from fedw2v.cli import app
+
+    runner = CliRunner()
+    for args in (
+        ["synth", str(root / "corpus"), *synth_args],
+        ["prepare", str(root / "corpus"), "-o", str(root / "manifest.parquet")],
+        ["partition", str(root / "manifest.parquet"), "-o", str(root / "clients.parquet"), *partition_args],
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+    return root / "clients.parquet"

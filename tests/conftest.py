@@ -64,20 +64,9 @@ def fl_clients(tmp_path_factory):
     Returns the clients manifest path."""
     import shutil
 
-    from typer.testing import CliRunner
-
-    from fedw2v.cli import app
+    from tests.asr_fixtures import synth_clients
 
     if not (shutil.which("flite") or shutil.which("espeak-ng")):
         pytest.skip("needs flite or espeak-ng")
-    root = tmp_path_factory.mktemp("fl")
-    runner = CliRunner()
-    for args in (
-        ["synth", str(root / "corpus"), "--speakers", "6", "--minutes", "2", "--seed", "3"],
-        ["prepare", str(root / "corpus"), "-o", str(root / "manifest.parquet")],
-        ["partition", str(root / "manifest.parquet"), "-o", str(root / "clients.parquet"),
-         "--holdout-minutes", "0.2", "--holdout-min-minutes", "0.3"],
-    ):
-        result = runner.invoke(app, args)
-        assert result.exit_code == 0, result.output
-    return root / "clients.parquet"
+    return synth_clients(tmp_path_factory.mktemp("fl"), ["--speakers", "6", "--minutes", "2", "--seed", "3"],
+                         ["--holdout-minutes", "0.2", "--holdout-min-minutes", "0.3"])

@@ -32,25 +32,16 @@ def _demo_option(flags: str, name: str) -> str:
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
 def test_federated_fine_tuning_of_tiny_pretrained_lowers_wer_and_cer_on_unheard_voices(tmp_path):
-    from typer.testing import CliRunner
-
-    from fedw2v.cli import app
+    from tests.asr_fixtures import synth_clients
 
     voices = _makefile_value("DEMO_VOICES")
     flags = _makefile_value("DEMO_FL")
     assert _makefile_value("DEMO_MODEL") == "tiny-pretrained" and "$(DEMO_MODEL)" in flags
-    runner = CliRunner()
-    for args in (
-        # the demo's voices, half its length: 6 clients, dev and test speakers the model never heard
-        ["synth", str(tmp_path / "corpus"), "--voices", voices, "--minutes", "8", "--seed", "0"],
-        ["prepare", str(tmp_path / "corpus"), "-o", str(tmp_path / "manifest.parquet")],
-        ["partition", str(tmp_path / "manifest.parquet"), "-o", str(tmp_path / "clients.parquet")],
-    ):
-        result = runner.invoke(app, args)
-        assert result.exit_code == 0, result.output
+    # the demo's voices, half its length: 6 clients, dev and test speakers the model never heard
+    clients = synth_clients(tmp_path, ["--voices", voices, "--minutes", "8", "--seed", "0"])
     lr = float(_demo_option(flags, "--lr-encoder"))
     config = SimulateConfig(
-        clients_manifest=str(tmp_path / "clients.parquet"), run_dir=str(tmp_path / "run"), model="tiny-pretrained",
+        clients_manifest=str(clients), run_dir=str(tmp_path / "run"), model="tiny-pretrained",
         rounds=2, clients_per_round=3, local_epochs=int(_demo_option(flags, "--local-epochs")),
         batch_size=int(_demo_option(flags, "--batch-size")), recipe=_demo_option(flags, "--recipe"),
         lr_encoder=lr, lr_head=float(_demo_option(flags, "--lr-head")), newbob=False, gpus_per_client=0,

@@ -418,21 +418,12 @@ def test_a_round_with_one_target_trial_is_not_measurable(run_copy, fl_clients, t
 def voices_clients(tmp_path_factory):
     """The demo's 10 synthetic voices (`fedw2v synth` defaults, seed 0) with 5 minutes of speech: 6 train-speaker
     clients, each with a 0.2-min holdout; 2 dev speakers (the indicator set) and 2 test speakers."""
-    from fedw2v.cli import app
+    from tests.asr_fixtures import synth_clients
 
     if not (shutil.which("flite") and shutil.which("espeak-ng")):
         pytest.skip("needs flite and espeak-ng")
-    root = tmp_path_factory.mktemp("voices")
-    runner = CliRunner()
-    for args in (
-        ["synth", str(root / "corpus"), "--minutes", "5"],
-        ["prepare", str(root / "corpus"), "-o", str(root / "manifest.parquet")],
-        ["partition", str(root / "manifest.parquet"), "-o", str(root / "clients.parquet"),
-         "--holdout-minutes", "0.2", "--holdout-min-minutes", "0.3"],
-    ):
-        result = runner.invoke(app, args)
-        assert result.exit_code == 0, result.output
-    return root / "clients.parquet"
+    return synth_clients(tmp_path_factory.mktemp("voices"), ["--minutes", "5"],
+                         ["--holdout-minutes", "0.2", "--holdout-min-minutes", "0.3"])
 
 
 @pytest.mark.slow
