@@ -53,7 +53,8 @@ class RunDisplay:
         if not self.round_seconds:
             return None
         per_round = sum(self.round_seconds[-5:]) / len(self.round_seconds[-5:])
-        remaining = self.rounds - self.round + (1 if self.phase != "done" and self.round else 0)
+        in_progress = self.round > 0 and self.phase not in ("done", "checkpointed")  # this round still counts
+        remaining = self.rounds - self.round + (1 if in_progress else 0)
         return max(0.0, per_round * max(0, remaining))
 
     def status(self) -> str:

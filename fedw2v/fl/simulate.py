@@ -45,6 +45,15 @@ def plan_resources(config: SimulateConfig, cuda_devices: int | None = None, cpus
     return Resources(gpus, cpu_share, cuda_devices, cpus, max(1, parallel))
 
 
+def backend_config(res: Resources, verbose: bool) -> dict[str, Any]:
+    """Flower's Ray backend settings: each ClientApp's share of CPUs/GPUs (Ray resources), and Ray's totals."""
+    return {
+        "client_resources": {"num_cpus": res.cpus_per_client, "num_gpus": res.gpus_per_client},
+        "init_args": {"num_cpus": res.total_cpus, "num_gpus": res.total_gpus, "include_dashboard": False,
+                      "logging_level": "ERROR", "log_to_driver": verbose},
+    }
+
+
 def simulate(config: SimulateConfig, reporter: Any = None, verbose: bool = False) -> Any:
     """Run the federated training of `config`; returns the final `RunState`. Domain errors propagate."""
     from flwr.app import Context, RecordDict
@@ -58,11 +67,6 @@ def simulate(config: SimulateConfig, reporter: Any = None, verbose: bool = False
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # keep CUDA_VISIBLE_DEVICES as Ray pins it
     res = plan_resources(config)
     outcome = Outcome()
-    backend_config = {
-        "client_resources": {"num_cpus": res.cpus_per_client, "num_gpus": res.gpus_per_client},
-        "init_args": {"num_cpus": res.total_cpus, "num_gpus": res.total_gpus, "include_dashboard": False,
-                      "logging_level": "ERROR", "log_to_driver": verbose},
-    }
     context = Context(run_id=int(time.time()), node_id=0, node_config={}, state=RecordDict(),
                       run_config=config.to_run_config())
     supernodes = max(1, min(config.clients_per_round, res.parallel_clients))
@@ -70,7 +74,7 @@ def simulate(config: SimulateConfig, reporter: Any = None, verbose: bool = False
         _run_simulation(
             num_supernodes=supernodes, exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
             client_app=client_app, server_app=make_server_app(reporter, outcome), backend_name="ray",
-            backend_config=backend_config, server_app_context=context, verbose_logging=verbose,
+            backend_config=backend_config(res, verbose), server_app_context=context, verbose_logging=verbose,
         )
     if outcome.error is not None:
         raise outcome.error
