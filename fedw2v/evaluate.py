@@ -34,6 +34,7 @@ class EvaluateConfig:
     max_batch_seconds: float = 120.0  # padded audio per decoding batch at most, seconds
     max_batch_size: int = 32  # utterances per decoding batch at most
     device: str = "auto"  # auto | cpu | cuda
+    corpus_root: str | None = None  # where the audio is now, when the corpus moved since `prepare`
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -144,7 +145,7 @@ def evaluate(
     from fedw2v.train import resolve_device
 
     rows = split_rows(manifest, config.split)
-    utts = utterances_from_manifest(manifest, split=config.split)
+    utts = utterances_from_manifest(manifest, split=config.split, corpus_root=config.corpus_root)
     decoder = Decoder(model, processor, resolve_device(config.device))
     t0 = time.perf_counter()
     hyps = decoder.decode_utterances(utts, config.max_batch_seconds, config.max_batch_size, progress)

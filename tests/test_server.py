@@ -178,6 +178,26 @@ def corrupt_client(fl_clients, tmp_path):
     return out, str(root)
 
 
+def test_the_server_evaluates_round_0_every_eval_every_rounds_and_the_last_from_a_moved_corpus(fl_clients, tmp_path):
+    from dataclasses import replace
+
+    from fedw2v import manifest as mf
+
+    m = mf.read(fl_clients)
+    moved = tmp_path / "moved-corpus"
+    shutil.copytree(m.info.corpus_root, moved, symlinks=True)
+    clients = tmp_path / "clients.parquet"  # its recorded root no longer exists: only --corpus-root finds the audio
+    mf.write(mf.Manifest(m.table, replace(m.info, corpus_root=str(tmp_path / "gone"))), clients)
+    run = tmp_path / "run"
+    Server(FakeGrid(), _config(clients, run, rounds=3, clients_per_round=1, eval_every=2,
+                               corpus_root=str(moved))).run()
+    evals = [e for e in _round_events(run) if e["event"] == "evaluate"]
+    test_utts = sum(1 for split in m.table.column("split").to_pylist() if split == "test")
+    assert [e["round"] for e in evals] == [0, 2, 3]
+    assert all(e["utterances"] == test_utts and e["split"] == "test" for e in evals)  # the whole split
+    assert all(e["error"] is None for e in _round_events(run) if e["event"] == "fit")
+
+
 def test_a_failing_client_is_logged_each_time_and_left_out(corrupt_client, tmp_path):
     clients, root = corrupt_client
     run = tmp_path / "run"

@@ -306,7 +306,8 @@ class Server:
         t0 = time.perf_counter()
         device = resolve_device("auto")
         result = evaluate(self.manifest, lm.model, lm.processor,
-                          EvaluateConfig(split=self.config.eval_split, device=device),
+                          EvaluateConfig(split=self.config.eval_split, device=device,
+                                         corpus_root=self.config.corpus_root or None),
                           progress=lambda done, total: self.report(
                               {"event": "evaluating", "round": r, "done": done, "of": total}))
         utts = utterances_from_manifest(self.manifest, split=self.config.eval_split,
