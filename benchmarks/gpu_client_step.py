@@ -48,7 +48,7 @@ def main() -> None:
     from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
     from fedw2v.batching import Utterance
-    from fedw2v.model import build_processor, with_ctc_head
+    from fedw2v.model import build_processor, num_parameters, with_ctc_head
     from fedw2v.text import character_vocabulary
     from fedw2v.train import TrainConfig, local_train
 
@@ -69,7 +69,7 @@ def main() -> None:
         for precision, ckpt in settings:
             torch.manual_seed(0)
             model = Wav2Vec2ForCTC(config)
-            params = sum(p.numel() for p in model.parameters())
+            params = num_parameters(model)
             cuda = args.device.startswith("cuda")
             if cuda:
                 torch.cuda.empty_cache()

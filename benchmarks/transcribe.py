@@ -67,7 +67,7 @@ def make_model(path: Path) -> int:
     import torch
     from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
-    from fedw2v.model import build_processor, save_model, with_ctc_head
+    from fedw2v.model import build_processor, num_parameters, save_model, with_ctc_head
     from fedw2v.text import character_vocabulary
 
     vocab = character_vocabulary()
@@ -75,7 +75,7 @@ def make_model(path: Path) -> int:
     torch.manual_seed(0)
     model = Wav2Vec2ForCTC(config)
     save_model(model, build_processor(vocab, config), path)
-    return sum(p.numel() for p in model.parameters())
+    return num_parameters(model)
 
 
 def main() -> None:

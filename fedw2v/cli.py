@@ -16,7 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from fedw2v import __version__
-from fedw2v.errors import FedW2VError, InputError, UsageError, exit_code_for, format_error
+from fedw2v.errors import InputError, UsageError, exit_code_for, format_error
 
 
 class _Group(TyperGroup):
@@ -78,6 +78,14 @@ def _config(cls: type, **kwargs: Any) -> Any:
 
 def _csv(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _rounds(value: str, option: str) -> tuple[int, ...]:
+    """Comma-separated round numbers (empty: none); UsageError naming ``option`` otherwise."""
+    try:
+        return tuple(int(r) for r in _csv(value))
+    except ValueError:
+        raise UsageError(f"{option} must be comma-separated round numbers, not {value!r}") from None
 
 
 @app.command()
@@ -393,7 +401,6 @@ def train(
     from fedw2v import train as tr
     from fedw2v.batching import utterances_from_manifest
     from fedw2v.console import console, err_console
-    from fedw2v.errors import InputError
     from fedw2v.model import load_model
     from fedw2v.render import train_table
 
@@ -424,11 +431,11 @@ def train(
     texts = [u.text for u in train_utts]
     state = None
     if resume:
-        ckpt, state = train_run.resume_point(out, wanted)
-        recorded = runs.read_json(out / runs.CONFIG)
+        ckpt, state, recorded = train_run.resume_point(out, wanted)
         loaded = load_model(str(ckpt), texts, allow_pickle=allow_pickle, seed=seed)
         model_name = recorded.get("model", str(loaded.source))
-        dropped = runs.MetricsLog(out).truncate_after(state.epochs_done, key="epoch", drop=("train_end",))
+        log = runs.MetricsLog(out)
+        dropped = log.truncate_after(state.epochs_done, key="epoch", drop=("train_end",))
         err_console.print(f"resuming {out} after epoch {state.epochs_done} ({ckpt.name}; {state.metrics['steps']} "
                           f"steps; {dropped} later events dropped from metrics.jsonl)")  # fmt: skip
     else:
@@ -437,9 +444,9 @@ def train(
         model_name = str(loaded.source)
     _say_model(loaded, f"; recipe {recipe_name}")
 
-    log = runs.MetricsLog(out)
     if not resume:
         out.mkdir(parents=True, exist_ok=True)
+        log = runs.MetricsLog(out)
         run_config = {**wanted, "model": model_name, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         runs.write_text_atomic(out / runs.CONFIG, json.dumps(run_config, indent=2) + "\n")
         if log.path.is_file():  # a run that crashed before its first checkpoint: its events describe nothing kept
@@ -557,10 +564,7 @@ def _evaluate_participation(run: str, manifest_path: Path | None, rounds: str, p
     from fedw2v.console import console, progress_bar
     from fedw2v.render import participation_table
 
-    try:
-        wanted = [int(r) for r in _csv(rounds)]
-    except ValueError:
-        raise UsageError(f"--rounds must be comma-separated round numbers, not {rounds!r}") from None
+    wanted = list(_rounds(rounds, "--rounds"))
     with progress_bar("scoring checkpoints") as update:
         report = part.analyse(run, manifest_path, wanted or None, device,
                               progress=lambda label, done, total: update(done, total))
@@ -710,22 +714,20 @@ def simulate(
     from fedw2v.fl.simulate import simulate as run_simulation
     from fedw2v.render import simulate_table
     from fedw2v.train import RECIPES
+    from fedw2v.train import recipe as train_recipe
 
     if recipe not in RECIPES:
         raise UsageError(f"--recipe must be one of {', '.join(RECIPES)}, not {recipe!r}")
-    base = {"max_batch_size": 4, "lr_encoder": 1e-4, "lr_head": 1e-3, **RECIPES[recipe]}
-    try:
-        rounds_fp = tuple(int(r) for r in _csv(footprint_rounds))
-    except ValueError:
-        raise UsageError(f"--footprint-rounds must be comma-separated round numbers, not {footprint_rounds!r}") from None
+    base = train_recipe(recipe)
+    rounds_fp = _rounds(footprint_rounds, "--footprint-rounds")
     if not clients_manifest.is_file():
         raise InputError(f"{clients_manifest}: no such manifest", hint="make it with `fedw2v partition`")
     config = _config(
         SimulateConfig,
         clients_manifest=str(clients_manifest.resolve()), run_dir=str(run_dir.resolve()), model=model, rounds=rounds,
         clients_per_round=clients_per_round, local_epochs=local_epochs,
-        batch_size=batch_size or base["max_batch_size"], lr_encoder=base["lr_encoder"] if lr_encoder is None else lr_encoder,
-        lr_head=base["lr_head"] if lr_head is None else lr_head, recipe=recipe, local_steps=local_steps, newbob=newbob,
+        batch_size=batch_size or base.max_batch_size, lr_encoder=base.lr_encoder if lr_encoder is None else lr_encoder,
+        lr_head=base.lr_head if lr_head is None else lr_head, recipe=recipe, local_steps=local_steps, newbob=newbob,
         freeze_feature_encoder=freeze_feature_encoder, precision=precision,
         gradient_checkpointing=gradient_checkpointing, weighting=weighting, eval_every=eval_every,
         eval_split=eval_split, gpus_per_client=gpus_per_client, cpus_per_client=cpus_per_client,
@@ -784,10 +786,7 @@ def footprint(
     from fedw2v.plots import eer_per_layer
     from fedw2v.render import footprint_table
 
-    try:
-        round_list = tuple(int(r) for r in _csv(rounds))
-    except ValueError:
-        raise UsageError(f"--rounds must be comma-separated round numbers, not {rounds!r}") from None
+    round_list = _rounds(rounds, "--rounds")
     if indicator is not None and not indicator.is_file():
         raise InputError(f"--indicator {indicator}: no such manifest file")
     if plot is not None and plot.suffix.lower() != ".png":

@@ -21,12 +21,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from fedw2v.audio import SAMPLE_RATE
+
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
     from fedw2v.batching import Utterance
 
-SAMPLE_RATE = 16_000
 DEFAULT_CHUNK_S = 30.0
 DEFAULT_OVERLAP_S = 1.0
 
@@ -164,16 +165,14 @@ class Decoder:
     def __init__(self, model: Any, processor: Any, device: str | None = None):
         import torch
 
-        from fedw2v.model import receptive_field
+        from fedw2v.model import hop_samples, receptive_field
 
         self.model = model
         self.processor = processor
         self.device = torch.device(device) if device else next(model.parameters()).device
         self.model.to(self.device)
         self.vocab = Vocab.from_tokenizer(processor.tokenizer)
-        self.hop = 1
-        for s in model.config.conv_stride:
-            self.hop *= int(s)
+        self.hop = hop_samples(model.config)
         fe = processor.feature_extractor
         self.sampling_rate = int(fe.sampling_rate)
         self.frame_s = self.hop / self.sampling_rate

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedw2v.audio import SAMPLE_RATE
 from fedw2v.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -93,7 +94,7 @@ class Indicator:
 
     @property
     def seconds(self) -> float:
-        return sum(len(a) for a in self.audio) / 16_000
+        return sum(len(a) for a in self.audio) / SAMPLE_RATE
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -230,7 +231,7 @@ def _layer_names(num_blocks: int) -> list[str]:
 def _batches(indicator: Indicator, use_mask: bool, max_batch_seconds: float, max_batch_size: int) -> list[list[int]]:
     from fedw2v.batching import bucket_batches
 
-    durations = [len(a) / 16_000 for a in indicator.audio]
+    durations = [len(a) / SAMPLE_RATE for a in indicator.audio]
     size = max_batch_size if use_mask else 1
     return bucket_batches(durations, max_batch_seconds, size, shuffle=False)
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedw2v.atomic import replace_directory
+from fedw2v.audio import SAMPLE_RATE
 from fedw2v.errors import InputError
 from fedw2v.text import BLANK, UNK, WORD_DELIMITER, character_vocabulary, vocabulary_covers
 
@@ -166,12 +167,17 @@ def tiny_config(**overrides: Any) -> Wav2Vec2Config:
     return Wav2Vec2Config(**{**TINY_ENCODER, **overrides})
 
 
-def frame_seconds(config: Wav2Vec2Config, sampling_rate: int = 16_000) -> float:
-    """Seconds between two output frames: the product of the conv strides over the sampling rate."""
+def hop_samples(config: Any) -> int:
+    """Samples between two output frames: the product of the conv strides."""
     hop = 1
     for s in config.conv_stride:
         hop *= int(s)
-    return hop / sampling_rate
+    return hop
+
+
+def frame_seconds(config: Wav2Vec2Config, sampling_rate: int = SAMPLE_RATE) -> float:
+    """Seconds between two output frames: the product of the conv strides over the sampling rate."""
+    return hop_samples(config) / sampling_rate
 
 
 def receptive_field(config: Any) -> int:
@@ -188,10 +194,7 @@ def min_train_samples(config: Any) -> int:
     padded batch to have ``mask_time_length`` frames) that many frames."""
     rf = receptive_field(config)
     if getattr(config, "apply_spec_augment", False) and getattr(config, "mask_time_prob", 0) > 0:
-        hop = 1
-        for s in config.conv_stride:
-            hop *= int(s)
-        return rf + (int(config.mask_time_length) - 1) * hop
+        return rf + (int(config.mask_time_length) - 1) * hop_samples(config)
     return rf
 
 

@@ -19,7 +19,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fedw2v.errors import EnvironmentProblem
@@ -496,10 +496,6 @@ def evaluate_loss(
     finally:
         model.train(was_training)
     return total / count if count else None
-
-
-def with_overrides(config: TrainConfig, **overrides: Any) -> TrainConfig:
-    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def greedy_cer(model: Any, processor: Any, utterances: Sequence[Utterance]) -> float:

@@ -46,9 +46,9 @@ def check_new(out: Path) -> None:
                          hint="add --resume to continue it, or choose another --out")  # fmt: skip
 
 
-def resume_point(out: Path, wanted: dict[str, Any]) -> tuple[Path, TrainState]:
-    """The newest epoch checkpoint of ``out`` and its training state, after checking that this invocation asks
-    for the same training (`differences`); InputError naming what is missing or different."""
+def resume_point(out: Path, wanted: dict[str, Any]) -> tuple[Path, TrainState, dict[str, Any]]:
+    """The newest epoch checkpoint of ``out``, its training state and the run's config.json, after checking that
+    this invocation asks for the same training (`differences`); InputError naming what is missing or different."""
     recorded_path = out / runs.CONFIG
     if not (out / "checkpoints" / runs.LATEST).is_file() or not recorded_path.is_file():
         raise InputError(f"--out {out}: nothing to resume (no config.json or checkpoints/{runs.LATEST})",
@@ -62,7 +62,7 @@ def resume_point(out: Path, wanted: dict[str, Any]) -> tuple[Path, TrainState]:
                          f"from {recorded_path}", hint="repeat the options of the first run (--epochs may change)")
     ckpt = runs.latest_checkpoint(out)
     try:
-        return ckpt, TrainState.load(ckpt)
+        return ckpt, TrainState.load(ckpt), recorded
     except StateMissing as exc:
         raise InputError(str(exc), hint="this checkpoint was written without a training state; start a new run "
                                         "with --model pointing at it") from None

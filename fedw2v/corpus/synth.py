@@ -763,6 +763,4 @@ def _move_into_place(staging: Path, out: Path) -> None:
     """Rename the finished corpus to `out`; an existing `out` (empty, or replaced with force) is removed."""
     from fedw2v.atomic import replace_directory
 
-    if out.exists() and not any(out.iterdir()):
-        out.rmdir()
     replace_directory(staging, out)

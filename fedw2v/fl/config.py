@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from fedw2v.train import PRECISIONS, RECIPES  # light: torch is imported inside its functions
+
 WEIGHTINGS = ("num", "loss", "wer")
-PRECISIONS = ("fp32", "bf16", "fp16")
-RECIPES = ("paper", "tiny")
 EVAL_SPLITS = ("test", "dev")
 # Keys that may differ when a run is resumed (everything else must match config.json).
 RESUMABLE_CHANGES = ("rounds", "keep_checkpoints", "resume", "round_timeout")
@@ -153,9 +153,6 @@ class SimulateConfig:
         mine = self.to_dict()
         keys = (set(mine) | set(recorded)) - set(RESUMABLE_CHANGES) - {"extra"}
         return sorted(k for k in keys if _norm(mine.get(k)) != _norm(recorded.get(k)))
-
-    def with_resolved(self, **changes: Any) -> SimulateConfig:
-        return replace(self, **changes)
 
 
 def _bool(value: Any) -> bool:

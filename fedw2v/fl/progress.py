@@ -26,7 +26,6 @@ class RunDisplay:
         self.live_enabled = console.is_terminal if live is None else live
         self.t0 = time.monotonic()
         self.round = 0
-        self.start_round = 0
         self.done = 0
         self.of = 0
         self.failed = 0
@@ -67,7 +66,7 @@ class RunDisplay:
         with self._lock:
             kind = event.get("event")
             if kind == "resume":
-                self.round = self.start_round = event["from_round"]
+                self.round = event["from_round"]
                 self.console.print(f"resuming after round {self.round}")
             elif kind == "round_start":
                 self.round, self.done, self.failed = event["round"], 0, 0

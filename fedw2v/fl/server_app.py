@@ -119,14 +119,14 @@ class Server:
     def _start(self, sampler: Any) -> tuple[RunState, Any]:
         import pyarrow.compute as pc
 
-        from fedw2v.model import load_model
+        from fedw2v.model import load_model, num_parameters
 
         t0 = time.perf_counter()
         train_texts = self.manifest.table.filter(pc.equal(self.manifest.table.column("split"), "train"))
         lm = load_model(self.config.model, texts=train_texts.column("text").to_pylist(), seed=self.config.seed)
         state = RunState(sampler=sampler.state, seed=self.config.seed)
         self._emit({"event": "round_start", "round": 0, "clients": [], "model": str(lm.source),
-                    "new_head": lm.new_head, "parameters": sum(p.numel() for p in lm.model.parameters())})
+                    "new_head": lm.new_head, "parameters": num_parameters(lm.model)})
         self._evaluate(0, state, lm)
         self._checkpoint(0, state, lm, t0)
         return state, lm
