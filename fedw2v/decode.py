@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fedw2v.audio import SAMPLE_RATE
+from fedw2v.model import eval_mode
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -196,14 +197,8 @@ class Decoder:
         inputs = {"input_values": feats["input_values"].to(self.device)}
         if self.use_mask:
             inputs["attention_mask"] = feats["attention_mask"].to(self.device)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.inference_mode():
-                logits = self.model(**inputs).logits
-        finally:
-            if was_training:
-                self.model.train()
+        with eval_mode(self.model):
+            logits = self.model(**inputs).logits
         lengths = self.model._get_feat_extract_output_lengths(torch.tensor([len(a) for a in audios]))
         ids = logits.argmax(dim=-1).cpu().numpy()
         return [ids[i, : max(0, int(n))] for i, n in enumerate(lengths.tolist())]

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from fedw2v.audio import SAMPLE_RATE
 from fedw2v.errors import InputError
+from fedw2v.model import eval_mode
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -268,25 +269,6 @@ def _forward(model: Any, processor: Any, audio: Sequence[np.ndarray], device: st
     return hidden, [int(f) for f in frames]
 
 
-class _EvalMode:
-    """Eval mode and no gradients for the duration; the previous mode is restored."""
-
-    def __init__(self, model: Any):
-        self.model = model
-
-    def __enter__(self) -> None:
-        import torch
-
-        self.was_training = self.model.training
-        self.model.eval()
-        self.guard = torch.inference_mode()
-        self.guard.__enter__()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.guard.__exit__(*exc)
-        self.model.train(self.was_training)
-
-
 class ReferenceStates:
     """The global model's hidden states on the indicator set, computed once per round.
 
@@ -316,7 +298,7 @@ class ReferenceStates:
         use_mask = _uses_mask(processor, model)
         batches = _batches(indicator, use_mask, max_batch_seconds, max_batch_size)
         states: list[Any] = [None] * len(indicator.utterances)
-        with _EvalMode(model):
+        with eval_mode(model):
             for batch in batches:
                 hidden, frames = _forward(model, processor, [indicator.audio[i] for i in batch], device, use_mask)
                 for j, i in enumerate(batch):
@@ -391,7 +373,7 @@ def footprint(model: Any, processor: Any, reference: ReferenceStates, device: st
     squares = torch.zeros_like(total)
     count = 0
     ind = reference.indicator
-    with _EvalMode(model):
+    with eval_mode(model):
         for batch in reference.batches:
             states, frames = _forward(model, processor, [ind.audio[i] for i in batch], device, reference.use_mask)
             for j, i in enumerate(batch):
@@ -968,9 +950,8 @@ def _analysis_indicator(run: Path, sim: Any, config: FootprintConfig, rounds: li
         return chosen
     path = config.indicator_manifest or sim.indicator_manifest or sim.clients_manifest
     source = clients_manifest if path == sim.clients_manifest else mf.read(path)
-    ind = indicator_from_ids(source, ids, sim.corpus_root or None, split=first.get("split", ""), name=str(path))
-    ind.available = len(ids)
-    return ind
+    # indicator_from_ids sets available = len(ids): one utterance per id, or an error
+    return indicator_from_ids(source, ids, sim.corpus_root or None, split=first.get("split", ""), name=str(path))
 
 
 def _analyse_round(run: Path, r: int, sim: Any, config: FootprintConfig, train_config: Any, indicator: Indicator,

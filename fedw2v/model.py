@@ -167,6 +167,20 @@ def tiny_config(**overrides: Any) -> Wav2Vec2Config:
     return Wav2Vec2Config(**{**TINY_ENCODER, **overrides})
 
 
+@contextlib.contextmanager
+def eval_mode(model: Any) -> Iterator[None]:
+    """Eval mode and no gradients (``torch.inference_mode``) for the block; the previous mode is restored."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
 def hop_samples(config: Any) -> int:
     """Samples between two output frames: the product of the conv strides."""
     hop = 1

@@ -472,7 +472,7 @@ def evaluate_loss(
     import torch
 
     from fedw2v.batching import bucket_batches
-    from fedw2v.model import receptive_field
+    from fedw2v.model import eval_mode, receptive_field
 
     if not utterances:
         return None
@@ -480,21 +480,16 @@ def evaluate_loss(
     dataset = SegmentDataset(utterances, processor.tokenizer, cache=False)
     rf = receptive_field(model.config)
     collate = Collator(processor.feature_extractor, rf, rf)
-    was_training = model.training
-    model.eval()
     total, count = 0.0, 0
-    try:
-        with torch.inference_mode():
-            for idx in bucket_batches([u.duration for u in utterances], config.max_batch_seconds,
-                                      config.max_batch_size, shuffle=False):
-                batch = collate([dataset[i] for i in idx])
-                batch.pop("audio_seconds")
-                loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
-                if torch.isfinite(loss):
-                    total += float(loss) * len(idx)
-                    count += len(idx)
-    finally:
-        model.train(was_training)
+    with eval_mode(model):
+        for idx in bucket_batches([u.duration for u in utterances], config.max_batch_seconds,
+                                  config.max_batch_size, shuffle=False):
+            batch = collate([dataset[i] for i in idx])
+            batch.pop("audio_seconds")
+            loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+            if torch.isfinite(loss):
+                total += float(loss) * len(idx)
+                count += len(idx)
     return total / count if count else None
 
 

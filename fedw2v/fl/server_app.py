@@ -95,6 +95,8 @@ class Server:
             )
         self.client_ids = sorted(int(i) for i in ids)
         self.train_config = config.train_config()
+        self._job_manifest = str(Path(config.clients_manifest).resolve())  # what every TrainJob names
+        self._job_train_config = self.train_config.to_dict()
         self.base_model = str(self.run_dir / "checkpoints" / runs.checkpoint_name(0))
         self._indicator: Any = None  # footprint indicator set, read once
         self._probe: Any = None  # a second model for computing the footprints of client updates, built once
@@ -193,8 +195,8 @@ class Server:
         timeout = self.config.round_timeout or None
         messages = []
         for i, cid in enumerate(clients):
-            job = TrainJob(cid, r, str(Path(self.config.clients_manifest).resolve()), self.config.corpus_root,
-                           self.base_model, self.train_config.to_dict(), self.config.seed)
+            job = TrainJob(cid, r, self._job_manifest, self.config.corpus_root, self.base_model,
+                           self._job_train_config, self.config.seed)
             messages.append(Message(RecordDict({"arrays": record, "config": job.to_record()}),
                                     dst_node_id=nodes[i % len(nodes)], message_type=MessageType.TRAIN,
                                     group_id=str(r), ttl=timeout))
