@@ -603,7 +603,7 @@ def transcribe(
     from fedw2v.train import resolve_device
 
     config = _config(tx.TranscribeConfig, format=fmt, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds,
-                     out_dir=out, device=device)  # fmt: skip
+                     device=device)  # fmt: skip
     if out is not None and out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a directory")
     loaded = load_model(model if model else default_source(), allow_pickle=allow_pickle)

@@ -30,7 +30,6 @@ class TranscribeConfig:
     format: str = "text"  # text | json | srt
     chunk_seconds: float = DEFAULT_CHUNK_S  # longer audio is decoded in chunks of this length
     overlap_seconds: float = DEFAULT_OVERLAP_S  # context on each side of a chunk border, seconds
-    out_dir: Path | None = None  # write one file per input here instead of printing
     device: str = "auto"  # auto | cpu | cuda
 
     def __post_init__(self) -> None:

@@ -110,19 +110,13 @@ def check_voices(demo_voices: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(v.speaker for v in demo)
 
 
-def build_corpus(work: Path) -> tuple[Path, dict]:
-    corpus, manifest = work / "corpus", work / "manifest.parquet"
-    fedw2v("synth", str(corpus), "--voices", ",".join(PRETRAIN_VOICES), "--minutes", f"{MINUTES:g}",
-           "--seed", str(SYNTH_SEED), "--force")
-    fedw2v("prepare", str(corpus), "-o", str(manifest))
-    doc = json.loads((corpus / "doc" / "synth.json").read_text())
-    return manifest, doc
-
-
-def build_demo_corpus(work: Path, demo_voices: tuple[str, ...]) -> tuple[Path, dict]:
-    """The corpus `make demo` synthesises, for the CER on its test speakers."""
-    corpus, manifest = work / "demo-corpus", work / "demo-manifest.parquet"
-    fedw2v("synth", str(corpus), "--voices", ",".join(demo_voices), "--seed", "0", "--force")
+def build_corpus(work: Path, prefix: str, voices: tuple[str, ...], seed: int, minutes: float | None = None,
+                 ) -> tuple[Path, dict]:
+    """`fedw2v synth` WORK/{prefix}corpus, `prepare` it to WORK/{prefix}manifest.parquet; returns the manifest and
+    the corpus's doc/synth.json. The pretraining corpus, or (prefix "demo-") the one `make demo` synthesises."""
+    corpus, manifest = work / f"{prefix}corpus", work / f"{prefix}manifest.parquet"
+    length = ["--minutes", f"{minutes:g}"] if minutes is not None else []
+    fedw2v("synth", str(corpus), "--voices", ",".join(voices), *length, "--seed", str(seed), "--force")
     fedw2v("prepare", str(corpus), "-o", str(manifest))
     return manifest, json.loads((corpus / "doc" / "synth.json").read_text())
 
@@ -288,10 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     demo_voices = check_voices(tuple(v for v in args.demo_voices.split(",") if v))
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    manifest, doc = build_corpus(work)
+    manifest, doc = build_corpus(work, "", PRETRAIN_VOICES, SYNTH_SEED, MINUTES)
     if args.determinism_steps:
         return determinism(manifest, work, args.determinism_steps)
-    demo_manifest, demo_doc = build_demo_corpus(work, demo_voices)
+    demo_manifest, demo_doc = build_corpus(work, "demo-", demo_voices, 0)
     stages = train(manifest, work)
     final = stages[-1]["run"]
     evals = {
