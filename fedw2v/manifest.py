@@ -77,6 +77,11 @@ class Manifest:
     def num_rows(self) -> int:
         return self.table.num_rows
 
+    @property
+    def client_ids(self) -> list[int]:
+        """The partition's client ids, ascending (empty before `fedw2v partition`)."""
+        return sorted(int(c) for c in self.table.column("client_id").drop_null().unique().to_pylist())
+
     def audio_file(self, audio_path: str, corpus_root: str | os.PathLike | None = None) -> Path:
         """Absolute path of a row's audio (``corpus_root`` overrides the stored root, e.g. after a move)."""
         return Path(corpus_root or self.info.corpus_root) / audio_path

@@ -106,8 +106,7 @@ def analyse(
     if not kept:
         raise InputError(f"{run}: no checkpoints to score")
     manifest = mf.read(manifest_path or config["clients_manifest"])
-    table = manifest.table
-    ids = sorted(int(c) for c in table.column("client_id").drop_null().unique().to_pylist())
+    ids = manifest.client_ids
     if not ids:
         raise InputError(f"{manifest_path or config['clients_manifest']}: no clients (run `fedw2v partition`)")
     root = config.get("corpus_root") or None

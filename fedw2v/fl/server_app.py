@@ -88,12 +88,11 @@ class Server:
         self.run_dir = Path(config.run_dir)
         self.log = runs.MetricsLog(self.run_dir)
         self.manifest = mf.read(config.clients_manifest)
-        ids = self.manifest.table.column("client_id").drop_null().unique().to_pylist()
-        if not ids:
+        self.client_ids = self.manifest.client_ids
+        if not self.client_ids:
             raise InputError(
                 f"{config.clients_manifest}: no client_id is set", hint="make clients with `fedw2v partition`"
             )
-        self.client_ids = sorted(int(i) for i in ids)
         self.train_config = config.train_config()
         self._job_manifest = str(Path(config.clients_manifest).resolve())  # what every TrainJob names
         self._job_train_config = self.train_config.to_dict()
