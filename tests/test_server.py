@@ -102,6 +102,9 @@ def test_two_rounds_write_checkpoints_metrics_plot_and_config(fl_clients, tmp_pa
     assert (run / "plots" / "wer.png").stat().st_size > 1000
     config = json.loads((run / "config.json").read_text())
     assert config["rounds"] == 2 and config["weighting"] == "num" and config["eval_split"] == "test"
+    from dataclasses import fields
+
+    assert set(config) == {f.name for f in fields(SimulateConfig)}  # every resolved value is recorded
     events = _round_events(run)
     kinds = [(e["round"], e["event"]) for e in events]
     assert kinds == [
@@ -111,6 +114,9 @@ def test_two_rounds_write_checkpoints_metrics_plot_and_config(fl_clients, tmp_pa
     ]
     fits = [e for e in events if e["event"] == "fit"]
     assert all(e["error"] is None and e["samples"] > 0 and np.isfinite(e["loss"]) for e in fits)
+    with_dev = [e for e in fits if e.get("dev_utterances")]  # a client with a local dev split reports its WER
+    assert with_dev and all(0 <= e["dev_wer"] for e in with_dev)
+    assert all("dev_wer" not in e for e in fits if not e.get("dev_utterances"))
     for r in (1, 2):
         clients = next(e["clients"] for e in events if e["round"] == r and e["event"] == "round_start")
         assert [e["client"] for e in fits if e["round"] == r] == clients  # by client id, whatever the arrival
