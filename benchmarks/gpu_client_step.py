@@ -50,7 +50,8 @@ def main() -> None:
     from fedw2v.batching import Utterance
     from fedw2v.model import build_processor, num_parameters, with_ctc_head
     from fedw2v.text import character_vocabulary
-    from fedw2v.train import TrainConfig, local_train
+    from fedw2v.config.train import TrainConfig
+    from fedw2v.train import local_train
 
     rng = np.random.default_rng(0)
     vocab = character_vocabulary()

@@ -30,7 +30,7 @@ class _Group(TyperGroup):
         except Exception as exc:  # noqa: BLE001 -- this is the one place errors are turned into messages
             if (ctx.obj or {}).get("debug") or os.environ.get("FEDW2V_DEBUG") == "1":
                 raise
-            from fedw2v.console import err_console
+            from fedw2v.ui.console import err_console
 
             err_console.print(format_error(exc), markup=False, soft_wrap=True)
             raise click.exceptions.Exit(exit_code_for(exc)) from None
@@ -107,9 +107,9 @@ def synth(
     """Write a small TED-LIUM 3 style corpus spoken by synthetic voices (flite, espeak-ng): demo and tests."""
     import time
 
-    from fedw2v.console import console, progress_bar
+    from fedw2v.ui.console import console, progress_bar
     from fedw2v.corpus import synth as synth_corpus
-    from fedw2v.render import synth_table
+    from fedw2v.ui.render import synth_table
 
     config = _config(
         synth_corpus.SynthConfig, out_dir=out_dir, speakers=speakers, minutes=minutes, seed=seed, force=force,
@@ -141,10 +141,10 @@ def prepare(
 ) -> None:
     """Read a TED-LIUM 3 corpus into an utterance manifest (no audio is decoded)."""
     from fedw2v import manifest
-    from fedw2v.console import console, print_problems, progress_bar
+    from fedw2v.ui.console import console, print_problems, progress_bar
     from fedw2v.corpus import tedlium
     from fedw2v.errors import CorpusError
-    from fedw2v.render import prepare_table
+    from fedw2v.ui.render import prepare_table
 
     config = _config(
         tedlium.PrepareConfig,
@@ -225,8 +225,8 @@ def partition(
 
     from fedw2v import manifest
     from fedw2v import partition as part
-    from fedw2v.console import console, err_console
-    from fedw2v.render import partition_table
+    from fedw2v.ui.console import console, err_console
+    from fedw2v.ui.render import partition_table
 
     def given(*names: str) -> list[str]:
         return [
@@ -338,7 +338,7 @@ Device = Annotated[str, typer.Option("--device", help="auto (CUDA when available
 
 
 def _say_model(loaded: Any, extra: str = "") -> None:
-    from fedw2v.console import err_console
+    from fedw2v.ui.console import err_console
     from fedw2v.model import num_parameters
 
     head = f"; new CTC head over {len(loaded.vocabulary)} characters" if loaded.new_head else ""
@@ -399,17 +399,18 @@ def train(
 
     from fedw2v import manifest, runs, train_run
     from fedw2v import train as tr
+    from fedw2v.config import train as trc
     from fedw2v.batching import utterances_from_manifest
-    from fedw2v.console import console, err_console
+    from fedw2v.ui.console import console, err_console
     from fedw2v.model import load_model
-    from fedw2v.render import train_table
+    from fedw2v.ui.render import train_table
 
     spec = model or "facebook/wav2vec2-large-lv60"
     recipe_name = recipe or ("tiny" if spec == "tiny" else "paper")
-    if recipe_name not in tr.RECIPES:
-        raise UsageError(f"--recipe must be one of {', '.join(tr.RECIPES)}, not {recipe_name!r}")
+    if recipe_name not in trc.RECIPES:
+        raise UsageError(f"--recipe must be one of {', '.join(trc.RECIPES)}, not {recipe_name!r}")
     config = _config(
-        tr.recipe, name=recipe_name, epochs=epochs, max_batch_size=batch_size, max_batch_seconds=max_batch_seconds,
+        trc.recipe, name=recipe_name, epochs=epochs, max_batch_size=batch_size, max_batch_seconds=max_batch_seconds,
         optimizer=optimizer, lr_encoder=lr_encoder, lr_head=lr_head, warmup_steps=warmup_steps, newbob=newbob,
         freeze_feature_encoder=freeze_feature_encoder, grad_accum_steps=grad_accum, precision=precision,
         gradient_checkpointing=gradient_checkpointing, min_seconds=min_seconds, max_seconds=max_seconds,
@@ -525,9 +526,9 @@ def evaluate(
 
     from fedw2v import evaluate as ev
     from fedw2v import manifest
-    from fedw2v.console import console, progress_bar
+    from fedw2v.ui.console import console, progress_bar
     from fedw2v.model import load_model
-    from fedw2v.render import evaluate_table, speaker_table
+    from fedw2v.ui.render import evaluate_table, speaker_table
 
     if participation:
         _evaluate_participation(model, manifest_path, rounds, plot, device, json_out)
@@ -561,8 +562,8 @@ def _evaluate_participation(run: str, manifest_path: Path | None, rounds: str, p
     import json
 
     from fedw2v import participation as part
-    from fedw2v.console import console, progress_bar
-    from fedw2v.render import participation_table
+    from fedw2v.ui.console import console, progress_bar
+    from fedw2v.ui.render import participation_table
 
     wanted = list(_rounds(rounds, "--rounds"))
     with progress_bar("scoring checkpoints") as update:
@@ -597,10 +598,10 @@ def transcribe(
     import json
 
     from fedw2v import transcribe as tx
-    from fedw2v.console import err_console
+    from fedw2v.ui.console import err_console
     from fedw2v.decode import Decoder
     from fedw2v.model import default_source, load_model
-    from fedw2v.train import resolve_device
+    from fedw2v.device import resolve_device
 
     config = _config(tx.TranscribeConfig, format=fmt, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds,
                      device=device)  # fmt: skip
@@ -708,13 +709,13 @@ def simulate(
 ) -> None:
     """Federated fine-tuning on Flower's Ray-backed simulation engine: checkpoints every round, resumable."""
     from fedw2v import runs
-    from fedw2v.console import console
-    from fedw2v.fl.config import SimulateConfig
-    from fedw2v.fl.progress import RunDisplay
+    from fedw2v.ui.console import console
+    from fedw2v.config.simulate import SimulateConfig
+    from fedw2v.ui.progress import RunDisplay
     from fedw2v.fl.simulate import simulate as run_simulation
-    from fedw2v.render import simulate_table
-    from fedw2v.train import RECIPES
-    from fedw2v.train import recipe as train_recipe
+    from fedw2v.ui.render import simulate_table
+    from fedw2v.config.train import RECIPES
+    from fedw2v.config.train import recipe as train_recipe
 
     if recipe not in RECIPES:
         raise UsageError(f"--recipe must be one of {', '.join(RECIPES)}, not {recipe!r}")
@@ -782,9 +783,9 @@ def footprint(
     import json
 
     from fedw2v import footprint as fp
-    from fedw2v.console import console, err_console
+    from fedw2v.ui.console import console, err_console
     from fedw2v.plots import eer_per_layer
-    from fedw2v.render import footprint_table
+    from fedw2v.ui.render import footprint_table
 
     round_list = _rounds(rounds, "--rounds")
     if indicator is not None and not indicator.is_file():

@@ -142,7 +142,7 @@ def evaluate(
     """Decode every utterance of ``config.split`` (greedy CTC, batched by length) and score it."""
     from fedw2v.batching import utterances_from_manifest
     from fedw2v.decode import Decoder
-    from fedw2v.train import resolve_device
+    from fedw2v.device import resolve_device
 
     rows = split_rows(manifest, config.split)
     utts = utterances_from_manifest(manifest, split=config.split, corpus_root=config.corpus_root)

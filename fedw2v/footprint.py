@@ -344,7 +344,7 @@ def indicator_frames(model: Any, indicator: Indicator) -> int:
 
 
 def _run_device(model: Any, device: str | None) -> str:
-    from fedw2v.train import resolve_device
+    from fedw2v.device import resolve_device
 
     if device is None:
         return _model_device(model)
@@ -638,7 +638,7 @@ class FootprintConfig:
     reuse: bool = True  # reuse stored enrollment footprints made with the same settings
 
     def __post_init__(self) -> None:
-        from fedw2v.train import DEVICES
+        from fedw2v.device import DEVICES
 
         checks = [
             (all(r >= 1 for r in self.rounds), "rounds must be at least 1"),
@@ -761,30 +761,6 @@ def layer_eer(trials: Sequence[Trials], resamples: int = 1000, level: float = 0.
     return LayerEER(nt, nn, eers, cis)
 
 
-def read_run_config(run_dir: str | os.PathLike) -> Any:
-    """The run's `SimulateConfig` from its config.json (InputError when it is not a federated run)."""
-    from dataclasses import fields
-
-    from fedw2v import runs
-    from fedw2v.fl.config import SimulateConfig
-
-    path = Path(run_dir) / runs.CONFIG
-    if not Path(run_dir).is_dir():
-        raise InputError(f"{run_dir}: no such run directory")
-    if not path.is_file():
-        raise InputError(f"{run_dir}: not a federated run (no {runs.CONFIG})", hint="make one with `fedw2v simulate`")
-    data = runs.read_json(path)
-    names = {f.name for f in fields(SimulateConfig)}
-    if "clients_manifest" not in data or "footprint_rounds" not in data:
-        raise InputError(f"{path}: not the config of a federated run (`fedw2v simulate`)")
-    kwargs = {k: v for k, v in data.items() if k in names}
-    kwargs["footprint_rounds"] = tuple(int(r) for r in kwargs.get("footprint_rounds") or ())
-    try:
-        return SimulateConfig(**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{path}: invalid run configuration ({exc})") from None
-
-
 def _round_events(run_dir: Path) -> dict[int, dict[str, Any]]:
     """{round: {"clients": sampled, "errors": {client: error or None}, "ended": bool}} from metrics.jsonl."""
     from fedw2v import runs
@@ -818,11 +794,12 @@ def analyse(
 
     from fedw2v import manifest as mf
     from fedw2v import runs
+    from fedw2v.config.simulate import load_run_config
 
     t_start = time.perf_counter()
     say = progress or (lambda message: None)
     run = Path(run_dir)
-    sim = read_run_config(run)
+    sim = load_run_config(run)
     rounds = list(config.rounds or sim.footprint_rounds)
     if not rounds:
         raise InputError(
@@ -961,9 +938,10 @@ def _analyse_round(run: Path, r: int, sim: Any, config: FootprintConfig, train_c
     -> {"trials", "layers", "reused", "test_detail"}."""
     from fedw2v import runs
     from fedw2v.batching import utterances_from_manifest
-    from fedw2v.fl.weights import load_arrays
+    from fedw2v.weights import load_arrays
     from fedw2v.model import load_model
-    from fedw2v.train import local_train, resolve_device
+    from fedw2v.device import resolve_device
+    from fedw2v.train import local_train
 
     device = resolve_device(config.device)
     base_name = runs.checkpoint_name(r - 1)
@@ -1059,6 +1037,6 @@ __all__ = [
     "FootprintConfig", "FootprintReport", "Indicator", "LayerEER", "ReferenceStates", "RoundResult", "Trials",
     "analyse", "footprint_meta", "indicator_frames", "normalised_scores", "client_speakers", "cosine_scores", "eer", "eer_ci", "enroll_seed", "footprint",
     "footprint_path", "indicator_from_ids", "layer_eer", "load_indicator", "make_trials", "read_footprints",
-    "read_run_config", "read_update", "report_json", "run_indicator", "saved_updates", "update_path",
+    "read_update", "report_json", "run_indicator", "saved_updates", "update_path",
     "write_footprints", "write_update",
 ]

@@ -84,17 +84,18 @@ def analyse(
     from fedw2v import manifest as mf
     from fedw2v import runs
     from fedw2v.batching import utterances_from_manifest
+    from fedw2v.config.simulate import load_run_config
     from fedw2v.decode import Decoder
     from fedw2v.metrics import normalize_pair, utterance_counts
     from fedw2v.model import load_model
-    from fedw2v.train import resolve_device
+    from fedw2v.device import resolve_device
 
     t0 = time.perf_counter()
     run = Path(run_dir)
-    if not (run / runs.CONFIG).is_file() or not (run / runs.METRICS).is_file():
-        raise InputError(f"{run}: not a federated run directory (no {runs.CONFIG} / {runs.METRICS})",
+    config = load_run_config(run)
+    if not (run / runs.METRICS).is_file():
+        raise InputError(f"{run}: not a federated run directory (no {runs.METRICS})",
                          hint="make one with `fedw2v simulate`")
-    config = runs.read_json(run / runs.CONFIG)
     events = runs.read_metrics(run)
     kept = runs.checkpoint_rounds(run)
     if rounds:
@@ -105,11 +106,11 @@ def analyse(
         kept = sorted(set(rounds))
     if not kept:
         raise InputError(f"{run}: no checkpoints to score")
-    manifest = mf.read(manifest_path or config["clients_manifest"])
+    manifest = mf.read(manifest_path or config.clients_manifest)
     ids = manifest.client_ids
     if not ids:
-        raise InputError(f"{manifest_path or config['clients_manifest']}: no clients (run `fedw2v partition`)")
-    root = config.get("corpus_root") or None
+        raise InputError(f"{manifest_path or config.clients_manifest}: no clients (run `fedw2v partition`)")
+    root = config.corpus_root or None
     tests = {c: utterances_from_manifest(manifest, split="train", local_split="test", client_id=c, corpus_root=root)
              for c in ids}
     without = [c for c, u in tests.items() if not u]

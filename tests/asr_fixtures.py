@@ -106,7 +106,7 @@ def make_corpus(root: Path, talks: dict[str, list[str]], voice_of: dict[str, str
 def learn_config():
     """The recipe of the learning test: the `tiny` recipe (AdamW, warm-up) with a higher rate, batches of 3,
     120 epochs over the 6 train sentences = 240 optimizer steps."""
-    from fedw2v.train import recipe
+    from fedw2v.config.train import recipe
 
     return recipe("tiny", epochs=120, max_batch_size=3, lr_encoder=3e-3, lr_head=3e-3, warmup_steps=50, seed=0)
 

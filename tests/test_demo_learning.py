@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fedw2v.fl.config import SimulateConfig
+from fedw2v.config.simulate import SimulateConfig
 from fedw2v.fl.server_app import Server
 from tests.test_server import FakeGrid
 

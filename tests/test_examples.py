@@ -33,7 +33,7 @@ def test_the_paper_recipe_is_valid_bash_and_uses_only_options_that_exist():
 
 
 def test_the_paper_recipe_simulates_with_the_default_settings():
-    from fedw2v.fl.config import SimulateConfig
+    from fedw2v.config.simulate import SimulateConfig
 
     args = next(c for c in _fedw2v_commands() if c[0] == "simulate")
     given = {args[i][2:].replace("-", "_"): args[i + 1] for i in range(len(args) - 1) if args[i].startswith("--")}

@@ -8,8 +8,8 @@ from collections import Counter
 import pytest
 
 from fedw2v.errors import InputError
-from fedw2v.fl.config import SimulateConfig
-from fedw2v.fl.progress import RunDisplay
+from fedw2v.config.simulate import SimulateConfig
+from fedw2v.ui.progress import RunDisplay
 from fedw2v.fl.sampling import ClientSampler
 from fedw2v.fl.simulate import backend_config, plan_resources
 
@@ -23,7 +23,7 @@ def test_defaults_reproduce_the_paper_in_the_config_and_the_cli():
     import typer.main
 
     from fedw2v.cli import app
-    from fedw2v.train import recipe
+    from fedw2v.config.train import recipe
 
     config = SimulateConfig(clients_manifest="c.parquet", run_dir="runs/x")
     assert {k: getattr(config, k) for k in PAPER} == PAPER

@@ -19,7 +19,7 @@ from safetensors.numpy import load_file
 from fedw2v import runs
 from fedw2v.errors import InputError, RunFailed
 from fedw2v.fl.client_app import Worker, run_train
-from fedw2v.fl.config import SimulateConfig
+from fedw2v.config.simulate import SimulateConfig
 from fedw2v.fl.server_app import TIMING_KEYS, Server
 
 pytestmark = pytest.mark.slow
@@ -350,7 +350,7 @@ def test_save_updates_keeps_the_full_client_weights(fl_clients, tmp_path):
 def test_the_summary_shows_wer_and_cer_of_every_evaluated_round():
     from rich.console import Console
 
-    from fedw2v.render import simulate_rows, simulate_table
+    from fedw2v.ui.render import simulate_rows, simulate_table
 
     history = [{"round": r, "wer": 0.9 - 0.01 * r, "cer": 0.5 - 0.02 * r, "loss": 1.0} for r in range(7)]
     history[3]["wer"] = 0.95  # a round that got worse

@@ -124,7 +124,7 @@ def test_resume_with_other_options_is_refused_naming_them(fl_clients, tmp_path):
     first = _args(fl_clients, run)
     config = first[first.index("simulate") + 1:]
     # config.json of a run made with --local-epochs 1 and --seed 5 ...
-    from fedw2v.fl.config import SimulateConfig
+    from fedw2v.config.simulate import SimulateConfig
 
     recorded = SimulateConfig(clients_manifest=str(fl_clients.resolve()), run_dir=str(run.resolve()), model="tiny",
                               recipe="tiny", rounds=4, clients_per_round=2, local_epochs=1, local_steps=2,

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from fedw2v.batching import BucketBatchSampler, Utterance, bucket_batches, filter_by_duration, utterances_from_manifest
 from fedw2v.cli import app
 from fedw2v.model import load_model
-from fedw2v.train import NewBob, TrainConfig, local_train, param_groups, recipe, set_feature_encoder_frozen
+from fedw2v.config.train import TrainConfig, recipe
+from fedw2v.train import NewBob, local_train, param_groups, set_feature_encoder_frozen
 
 runner = CliRunner()
 

@@ -119,9 +119,10 @@ def run_train(content: RecordDict, worker: Worker = WORKER) -> RecordDict:
 
 def _train(job: TrainJob, global_arrays: dict, worker: Worker) -> tuple[dict, dict]:
     from fedw2v.decode import Decoder
-    from fedw2v.fl.weights import load_arrays, non_finite, trainable_arrays
+    from fedw2v.weights import load_arrays, non_finite, trainable_arrays
     from fedw2v.metrics import score
-    from fedw2v.train import TrainConfig, local_train, set_feature_encoder_frozen
+    from fedw2v.config.train import TrainConfig
+    from fedw2v.train import local_train, set_feature_encoder_frozen
 
     lm = worker.model(job.base_model)
     train_config = replace(TrainConfig(**job.train_config), seed=client_seed(job.seed, job.round, job.client_id))

@@ -22,7 +22,7 @@ from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedw2v.errors import InputError, RunFailed
-from fedw2v.fl.config import SimulateConfig
+from fedw2v.config.simulate import SimulateConfig
 
 Reporter = Callable[[dict], None]
 TIMING_KEYS = ("seconds", "time", "train_seconds", "eval_seconds", "aggregate_seconds")
@@ -146,7 +146,7 @@ class Server:
 
     def _round(self, r: int, sampler: Any, state: RunState, lm: Any) -> None:
         from fedw2v.fl.aggregate import ClientStats, client_weights, weighted_average
-        from fedw2v.fl.weights import load_arrays
+        from fedw2v.weights import load_arrays
 
         t0 = time.perf_counter()
         clients = sampler.sample()
@@ -187,7 +187,7 @@ class Server:
         """Send every sampled client its job; collect replies as they arrive. {client id: result}."""
         from fedw2v.fl.client_app import TrainJob
         from fedw2v.fl.records import arrays_from_record, record_from_arrays
-        from fedw2v.fl.weights import non_finite, trainable_arrays
+        from fedw2v.weights import non_finite, trainable_arrays
 
         record = record_from_arrays(trainable_arrays(lm.model))
         nodes = self._nodes()
@@ -269,7 +269,7 @@ class Server:
         if r not in self.config.footprint_rounds:
             return None
         from fedw2v import footprint as fp
-        from fedw2v.train import resolve_device
+        from fedw2v.device import resolve_device
 
         if self._indicator is None:
             self._indicator = fp.run_indicator(self.config, self.manifest)
@@ -279,9 +279,9 @@ class Server:
         """Footprints of the round's successful updates (only these vectors are stored; with `save_updates` the
         full updates too). The updates are loaded into a second model, built once."""
         from fedw2v import footprint as fp
-        from fedw2v.fl.weights import load_arrays
+        from fedw2v.weights import load_arrays
         from fedw2v.model import load_model
-        from fedw2v.train import resolve_device
+        from fedw2v.device import resolve_device
 
         t0 = time.perf_counter()
         if self._probe is None:
@@ -302,7 +302,8 @@ class Server:
     def _evaluate(self, r: int, state: RunState, lm: Any) -> None:
         from fedw2v.batching import utterances_from_manifest
         from fedw2v.evaluate import EvaluateConfig, evaluate
-        from fedw2v.train import evaluate_loss, resolve_device
+        from fedw2v.device import resolve_device
+        from fedw2v.train import evaluate_loss
 
         t0 = time.perf_counter()
         device = resolve_device("auto")

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from fedw2v.errors import EnvironmentProblem, InputError
-from fedw2v.fl.config import SimulateConfig
+from fedw2v.config.simulate import SimulateConfig
 
 
 @dataclass(frozen=True)

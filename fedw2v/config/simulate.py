@@ -13,9 +13,12 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
-from fedw2v.train import PRECISIONS, RECIPES  # light: torch is imported inside its functions
+from fedw2v.errors import InputError
+
+from fedw2v.config.train import PRECISIONS, RECIPES
 
 WEIGHTINGS = ("num", "loss", "wer")
 EVAL_SPLITS = ("test", "dev")
@@ -90,7 +93,7 @@ class SimulateConfig:
 
     def train_config(self) -> Any:
         """The local-training config every client uses (its seed is set per round and client)."""
-        from fedw2v.train import recipe
+        from fedw2v.config.train import recipe
 
         return recipe(
             self.recipe,
@@ -168,3 +171,24 @@ _CONVERT = {"int": int, "float": float, "bool": _bool, "str": str}
 
 def _norm(value: Any) -> Any:
     return json.loads(json.dumps(value))
+
+
+def load_run_config(run_dir: str | os.PathLike) -> SimulateConfig:
+    """The run's `SimulateConfig` from its config.json (InputError when it is not a federated run)."""
+    from fedw2v import runs
+
+    path = Path(run_dir) / runs.CONFIG
+    if not Path(run_dir).is_dir():
+        raise InputError(f"{run_dir}: no such run directory")
+    if not path.is_file():
+        raise InputError(f"{run_dir}: not a federated run (no {runs.CONFIG})", hint="make one with `fedw2v simulate`")
+    data = runs.read_json(path)
+    names = {f.name for f in fields(SimulateConfig)}
+    if "clients_manifest" not in data or "footprint_rounds" not in data:
+        raise InputError(f"{path}: not the config of a federated run (`fedw2v simulate`)")
+    kwargs = {k: v for k, v in data.items() if k in names}
+    kwargs["footprint_rounds"] = tuple(int(r) for r in kwargs.get("footprint_rounds") or ())
+    try:
+        return SimulateConfig(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{path}: invalid run configuration ({exc})") from None
