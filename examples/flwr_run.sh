@@ -4,13 +4,16 @@
 #
 #   examples/flwr_run.sh [CLIENTS_MANIFEST] [RUN_DIR] [extra run-config, e.g. "rounds=3 seed=1"]
 #
-# The run config defaults are in pyproject.toml ([tool.flwr.app.config]: the tiny model, 2 rounds, CPU);
+# The run config's defaults are `fedw2v simulate`'s (pyproject.toml's [tool.flwr.app.config], generated from
+# fedw2v/config/simulate.py: the paper's settings); this script runs a small CPU run instead (SMALL below: the
+# tiny model and recipe, 2 rounds of 2 clients, 1 local epoch), and the extra run config overrides it.
 # `make demo` makes demo/clients.parquet. Needs: the project's .venv (make install).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CLIENTS=$(realpath "${1:-demo/clients.parquet}")
 RUN_DIR=$(realpath -m "${2:-runs/flwr-demo}")
 EXTRA=${3:-}
+SMALL="model='tiny' recipe='tiny' rounds=2 clients-per-round=2 local-epochs=1 gpus-per-client=0.0 cpus-per-client=1.0"
 export PATH="$PWD/.venv/bin:$PATH"
 export FLWR_HOME=${FLWR_HOME:-$(mktemp -d)}
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
@@ -50,6 +53,6 @@ stop_superlink() {
 trap stop_superlink EXIT
 
 flwr run . --stream --federation-config "$FEDERATION" \
-    --run-config "clients-manifest='$CLIENTS' run-dir='$RUN_DIR' $EXTRA"
+    --run-config "clients-manifest='$CLIENTS' run-dir='$RUN_DIR' $SMALL" ${EXTRA:+--run-config "$EXTRA"}
 test -f "$RUN_DIR/checkpoints/LATEST" || { echo "flwr run finished without a checkpoint in $RUN_DIR" >&2; exit 1; }
 echo "flwr run: $RUN_DIR/checkpoints/$(cat "$RUN_DIR/checkpoints/LATEST")"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fedw2v.errors import EnvironmentProblem
 
 DEVICES = ("auto", "cpu", "cuda")
+DEVICE_HELP = "auto (CUDA when available) | cpu | cuda."
 
 
 def resolve_device(name: str) -> str:

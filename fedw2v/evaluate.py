@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedw2v.config.options import option
+from fedw2v.device import DEVICE_HELP, DEVICES
 from fedw2v.errors import InputError
 from fedw2v.manifest import SPLITS
 from fedw2v.metrics import ErrorCounts, by_group, normalize_pair, total, utterance_counts
@@ -30,10 +32,10 @@ HYPS_METADATA_KEY = b"fedw2v_hypotheses"
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    split: str = "test"  # corpus split to score: test | dev | train
-    max_batch_seconds: float = 120.0  # padded audio per decoding batch at most, seconds
+    split: str = option("test", "Corpus split to score: test | dev (| train).", choices=SPLITS)
+    max_batch_seconds: float = option(120.0, "Padded audio seconds per decoding batch at most.")
     max_batch_size: int = 32  # utterances per decoding batch at most
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = option("auto", DEVICE_HELP, choices=DEVICES)
     corpus_root: str | None = None  # where the audio is now, when the corpus moved since `prepare`
 
     def __post_init__(self) -> None:

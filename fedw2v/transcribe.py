@@ -14,7 +14,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from fedw2v.config.options import option
 from fedw2v.decode import DEFAULT_CHUNK_S, DEFAULT_OVERLAP_S, Decoder, Transcript, Word
+from fedw2v.device import DEVICE_HELP, DEVICES
 from fedw2v.errors import InputError
 
 FORMATS = ("text", "json", "srt")
@@ -27,10 +29,10 @@ SRT_MAX_WORDS = 12
 
 @dataclass(frozen=True)
 class TranscribeConfig:
-    format: str = "text"  # text | json | srt
-    chunk_seconds: float = DEFAULT_CHUNK_S  # longer audio is decoded in chunks of this length
-    overlap_seconds: float = DEFAULT_OVERLAP_S  # context on each side of a chunk border, seconds
-    device: str = "auto"  # auto | cpu | cuda
+    format: str = option("text", "text | json (word times) | srt.", flags=("--format", "-f"), choices=FORMATS)
+    chunk_seconds: float = option(DEFAULT_CHUNK_S, "Longer audio is decoded in overlapping chunks of this length.")
+    overlap_seconds: float = option(DEFAULT_OVERLAP_S, "Context kept on each side of a chunk border.")
+    device: str = option("auto", DEVICE_HELP, choices=DEVICES)
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -136,3 +138,23 @@ def render(result: FileResult, fmt: str, model: str = "") -> str:
 
 def output_path(out_dir: Path, source: str, fmt: str) -> Path:
     return Path(out_dir) / (Path(source).stem + SUFFIX[fmt])
+
+
+class OutputDir:
+    """``--out DIR``: one file per input, named after it; inputs with the same stem get -2, -3, … ."""
+
+    def __init__(self, out_dir: Path, fmt: str):
+        self.out_dir = Path(out_dir)
+        self.fmt = fmt
+        self.used: set[str] = set()
+
+    def write(self, source: str, text: str) -> Path:
+        target = output_path(self.out_dir, source, self.fmt)
+        n = 2
+        while str(target) in self.used:
+            target = target.with_name(f"{Path(source).stem}-{n}{target.suffix}")
+            n += 1
+        self.used.add(str(target))
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        return target

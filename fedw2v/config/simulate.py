@@ -12,56 +12,80 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedw2v.config import options as opts
+from fedw2v.config.options import option
+from fedw2v.config.train import DEFAULT_MODEL, MODEL_HELP, PRECISIONS, RECIPES, recipe, train_option
 from fedw2v.errors import InputError
-
-from fedw2v.config.train import PRECISIONS, RECIPES
 
 WEIGHTINGS = ("num", "loss", "wer")
 EVAL_SPLITS = ("test", "dev")
-# Keys that may differ when a run is resumed (everything else must match config.json).
-RESUMABLE_CHANGES = ("rounds", "keep_checkpoints", "resume", "round_timeout")
 
 
 @dataclass(frozen=True)
 class SimulateConfig:
-    clients_manifest: str  # the partitioned manifest (absolute path)
-    run_dir: str  # where config, metrics, checkpoints and plots go (absolute path)
-    model: str = "facebook/wav2vec2-large-lv60"  # hub id, HF directory, fedw2v run/checkpoint, or `tiny`
-    rounds: int = 100  # federated rounds (paper: 100)
-    clients_per_round: int = 20  # clients sampled uniformly without replacement per round (paper: 20)
-    local_epochs: int = 20  # epochs of local training per round (paper: 20)
-    batch_size: int = 4  # utterances per local batch at most (paper: 4)
-    lr_encoder: float = 1e-4  # local learning rate of the wav2vec2 encoder (paper: 1e-4)
-    lr_head: float = 1e-3  # local learning rate of the CTC head (paper: 1e-3)
-    recipe: str = "paper"  # local-training recipe the options above override: paper | tiny (AdamW + warm-up)
-    local_steps: int = 0  # stop local training after this many optimizer steps (0: all epochs)
-    newbob: bool = True  # NewBob annealing on the local dev loss (paper: yes)
-    freeze_feature_encoder: bool = False  # keep the CNN feature encoder fixed and never send it (paper: trained)
-    precision: str = "fp32"  # fp32 | bf16 | fp16 autocast on CUDA (paper: fp32)
-    gradient_checkpointing: bool = False  # recompute activations in backward (CUDA): less memory
-    weighting: str = "num"  # aggregation weights: num (samples, FedAvg) | loss | wer
-    eval_every: int = 1  # server evaluation every N rounds (and at round 0 and the last round)
-    eval_split: str = "test"  # corpus split the server scores: test | dev (the whole split, no length filter)
-    gpus_per_client: float = 1.0  # GPU share per client (0.5: two clients per GPU; 0 without a GPU)
-    cpus_per_client: float = 2.0  # CPU cores per client (Ray resource)
-    min_fit_clients: int = 0  # a round fails when fewer clients succeed (0: half the clients per round, at least 1)
-    round_timeout: float = 0.0  # seconds to wait for a round's replies; later ones count as failed (0: no limit)
-    seed: int = 0  # sampling, model initialisation, local batch order
-    keep_checkpoints: int = 3  # newest checkpoints kept (the best-WER one is always kept too)
-    resume: bool = False  # continue from checkpoints/LATEST of run_dir
-    footprint_rounds: tuple[int, ...] = ()  # rounds whose client updates get footprints (fedw2v footprint)
-    indicator_manifest: str = ""  # manifest of the indicator set (empty: the clients manifest)
-    indicator_split: str = "dev"  # corpus split of the indicator utterances
-    indicator_utterances: int = 64  # indicator utterances used (the first N by utt_id: a fixed set)
-    save_updates: bool = False  # also store every footprint round's full client updates (safetensors)
-    corpus_root: str = ""  # override the corpus root stored in the manifest (a moved corpus)
+    clients_manifest: str = option(help="The partitioned manifest (`fedw2v partition`).", cli=False, path=True,
+                                   absolute=True, example="demo/clients.parquet")
+    run_dir: str = option(help="Run directory, e.g. runs/NAME (config, metrics, checkpoints, plots).",
+                          flags="--run-dir", path=True, absolute=True, example="runs/flwr-demo")
+    model: str = option(DEFAULT_MODEL, MODEL_HELP + " A new CTC head is added over the corpus characters when "
+                        "needed.", flags=("--model", "-m"))
+    rounds: int = option(100, "Federated rounds (paper: 100).", resumable=True)
+    clients_per_round: int = option(20, "Clients sampled per round, uniformly without replacement from a seeded "
+                                        "generator (paper: 20).")
+    local_epochs: int | None = train_option("epochs", help="Local epochs per round.")
+    batch_size: int | None = train_option("max_batch_size", help="Local batch size: utterances per batch at most.")
+    lr_encoder: float | None = train_option("lr_encoder")
+    lr_head: float | None = train_option("lr_head")
+    recipe: str = option("paper", "Local recipe the unset local-training options take their values from: paper "
+                         "(Adam, NewBob on the local dev loss) | tiny (AdamW + warm-up).", choices=tuple(RECIPES))
+    local_steps: int = option(0, "Cap on local optimizer steps per round (0: all local epochs).")
+    newbob: bool | None = train_option("newbob")
+    freeze_feature_encoder: bool | None = train_option("freeze_feature_encoder")
+    precision: str | None = train_option("precision")
+    gradient_checkpointing: bool | None = train_option("gradient_checkpointing")
+    weighting: str = option("num", "Aggregation weights: num (samples, FedAvg) | loss (exp(-loss)) | wer "
+                                   "(exp(100 - WER%)).", choices=WEIGHTINGS)
+    eval_every: int = option(1, "Server evaluation of the global model every N rounds (also at round 0 and the "
+                                "last round).")
+    eval_split: str = option("test", "Corpus split the server scores, whole (no length filter).",
+                             choices=EVAL_SPLITS)
+    gpus_per_client: float = option(1.0, "GPU share per client (0.5: two clients per GPU); without a GPU every "
+                                         "client uses the CPU.")
+    cpus_per_client: float = option(2.0, "CPU cores per client (Ray resource).")
+    min_fit_clients: int = option(0, "A round with fewer successful clients stops the run (0: half the clients "
+                                     "per round, at least 1).", shown_default="half the clients per round")
+    round_timeout: float = option(0.0, "Seconds the server waits for a round's replies; clients still silent "
+                                       "then have failed (0: no limit).", resumable=True)
+    seed: int = option(0, "Seed of sampling, model initialisation, local batch order and masking.")
+    keep_checkpoints: int = option(3, "Newest checkpoints kept (round 0, the best-WER one and footprint rounds "
+                                      "always are).", resumable=True)
+    resume: bool = option(False, "Continue the run in --run-dir from its LATEST checkpoint.", flags="--resume",
+                          resumable=True)
+    footprint_rounds: tuple[int, ...] = option((), "Comma-separated rounds whose client updates get footprints "
+                                                   "(fedw2v footprint).", rounds=True, metavar="ROUNDS")
+    indicator_manifest: str = option("", "Manifest of the footprint indicator set (default: the clients "
+                                         "manifest).", flags="--indicator", path=True, absolute=True)
+    indicator_split: str = option("dev", "Corpus split of the indicator utterances.")
+    indicator_utterances: int = option(64, "Indicator utterances used (the first N by utt_id: a fixed set).")
+    save_updates: bool = option(False, "Also store every footprint round's full client updates (safetensors).",
+                                flags="--save-updates")
+    corpus_root: str = option("", "Where the corpus is now, if it moved since `prepare` (default: the manifest's "
+                                  "corpus root).", path=True, absolute=True)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # facts recorded, not compared
 
     def __post_init__(self) -> None:
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, not {self.recipe!r}")
+        # the local-training options left unset take the recipe's values (resolved here, once)
+        base = recipe(self.recipe)
+        for f, opt, _ in opts.options(type(self)):
+            if opt.recipe and getattr(self, f.name) is None:
+                object.__setattr__(self, f.name, getattr(base, opt.recipe))
+        object.__setattr__(self, "footprint_rounds", tuple(self.footprint_rounds))
         checks = [
             (self.rounds >= 1, "rounds must be at least 1"),
             (self.clients_per_round >= 1, "clients per round must be at least 1"),
@@ -93,20 +117,8 @@ class SimulateConfig:
 
     def train_config(self) -> Any:
         """The local-training config every client uses (its seed is set per round and client)."""
-        from fedw2v.config.train import recipe
-
-        return recipe(
-            self.recipe,
-            epochs=self.local_epochs,
-            max_batch_size=self.batch_size,
-            lr_encoder=self.lr_encoder,
-            lr_head=self.lr_head,
-            newbob=self.newbob,
-            freeze_feature_encoder=self.freeze_feature_encoder,
-            precision=self.precision,
-            gradient_checkpointing=self.gradient_checkpointing,
-            max_steps=self.local_steps or None,
-        )
+        values = {opt.recipe: getattr(self, f.name) for f, opt, _ in opts.options(type(self)) if opt.recipe}
+        return recipe(self.recipe, **values, max_steps=self.local_steps or None)
 
     # ---------------------------------------------------------------- serialisation
 
@@ -117,56 +129,19 @@ class SimulateConfig:
 
     def to_run_config(self) -> dict[str, Any]:
         """Flat kebab-case keys with TOML-compatible values (Flower's run config)."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            if f.name == "extra":
-                continue
-            value = getattr(self, f.name)
-            if f.name == "footprint_rounds":
-                value = ",".join(str(r) for r in value)
-            out[f.name.replace("_", "-")] = value
-        return out
+        return opts.to_run_config(self)
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any], base_dir: str | None = None) -> SimulateConfig:
-        """Inverse of `to_run_config`; unknown keys are an error naming them. Relative paths are taken from
-        ``base_dir`` (the app directory under `flwr run`)."""
-        names = {f.name: f for f in fields(cls) if f.name != "extra"}
-        kwargs: dict[str, Any] = {}
-        unknown = []
-        for key, value in run_config.items():
-            name = key.replace("-", "_")
-            if name not in names:
-                unknown.append(key)
-                continue
-            if name == "footprint_rounds":
-                value = tuple(int(v) for v in str(value).replace(" ", "").split(",") if v)
-            else:
-                value = _CONVERT[names[name].type](value)
-            kwargs[name] = value
-        if unknown:
-            raise ValueError(f"unknown run-config keys: {', '.join(sorted(unknown))}")
-        for key in ("clients_manifest", "run_dir", "indicator_manifest", "corpus_root"):
-            if kwargs.get(key) and base_dir and not os.path.isabs(kwargs[key]):
-                kwargs[key] = os.path.join(base_dir, kwargs[key])
-        return cls(**kwargs)
+        """Inverse of `to_run_config` (``""`` for a local-training option: the recipe's value); unknown keys are
+        an error naming them. Relative paths are taken from ``base_dir`` (the app directory under `flwr run`)."""
+        return opts.from_run_config(cls, run_config, base_dir)
 
     def differences(self, recorded: dict[str, Any]) -> list[str]:
         """Keys whose value differs from a recorded config.json (the keys a resume may change excluded)."""
         mine = self.to_dict()
-        keys = (set(mine) | set(recorded)) - set(RESUMABLE_CHANGES) - {"extra"}
+        keys = (set(mine) | set(recorded)) - set(opts.resumable(type(self))) - {"extra"}
         return sorted(k for k in keys if _norm(mine.get(k)) != _norm(recorded.get(k)))
-
-
-def _bool(value: Any) -> bool:
-    if isinstance(value, str):
-        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise ValueError(f"not a boolean: {value!r}")
-        return value.lower() in ("true", "1", "yes")
-    return bool(value)
-
-
-_CONVERT = {"int": int, "float": float, "bool": _bool, "str": str}
 
 
 def _norm(value: Any) -> Any:
@@ -183,12 +158,9 @@ def load_run_config(run_dir: str | os.PathLike) -> SimulateConfig:
     if not path.is_file():
         raise InputError(f"{run_dir}: not a federated run (no {runs.CONFIG})", hint="make one with `fedw2v simulate`")
     data = runs.read_json(path)
-    names = {f.name for f in fields(SimulateConfig)}
-    if "clients_manifest" not in data or "footprint_rounds" not in data:
+    if not isinstance(data, dict) or "clients_manifest" not in data or "footprint_rounds" not in data:
         raise InputError(f"{path}: not the config of a federated run (`fedw2v simulate`)")
-    kwargs = {k: v for k, v in data.items() if k in names}
-    kwargs["footprint_rounds"] = tuple(int(r) for r in kwargs.get("footprint_rounds") or ())
     try:
-        return SimulateConfig(**kwargs)
+        return opts.from_recorded(SimulateConfig, data)
     except (TypeError, ValueError) as exc:
         raise InputError(f"{path}: invalid run configuration ({exc})") from None

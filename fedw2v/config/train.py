@@ -1,44 +1,64 @@
-"""Local training's configuration: `TrainConfig` and the named recipes (paper, tiny) it starts from.
+"""Local training's configuration: `TrainConfig`, the named recipes it starts from, and `TrainRunConfig` (the
+options of `fedw2v train`). Every option is declared once, here (`fedw2v.config.options`); `fedw2v simulate`
+reuses the local-training ones (`train_option`).
 
-Light on purpose (no torch): the CLI, the federated server and every client build it.
+Recipes are resolved in one place, `recipe()`: an option left unset (None) takes the recipe's value, for
+`train` and `simulate` alike. Light on purpose (no torch): the CLI, the federated server and every client build
+these.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from fedw2v.device import DEVICES
+from fedw2v.config.options import META, declaration, option
+from fedw2v.device import DEVICE_HELP, DEVICES
 
 OPTIMIZERS = ("adam", "adamw")
 PRECISIONS = ("fp32", "bf16", "fp16")
+DEFAULT_MODEL = "facebook/wav2vec2-large-lv60"
+MODEL_HELP = ("tiny | tiny-pretrained | a Hugging Face hub id | a local HF model directory | a fedw2v run or "
+              "checkpoint directory.")
+ALLOW_PICKLE_HELP = "Allow pickled weights (pytorch_model.bin); they can run code when loaded."
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 20  # passes over the data (paper: 20 local epochs)
-    max_batch_size: int = 4  # utterances per batch at most (paper: 4)
-    max_batch_seconds: float = 40.0  # padded audio per batch at most (longest item x batch size), seconds
-    grad_accum_steps: int = 1  # batches whose gradients are summed before one optimizer step
-    optimizer: str = "adam"  # adam (paper) | adamw
-    lr_encoder: float = 1e-4  # learning rate of the wav2vec2 encoder (paper: 1e-4)
-    lr_head: float = 1e-3  # learning rate of the CTC head (paper: 1e-3)
+    epochs: int = option(20, "Passes over the training data.", recipe=True)
+    max_batch_size: int = option(4, "Utterances per batch at most.", flags="--batch-size", recipe=True)
+    max_batch_seconds: float = option(40.0, "Padded audio seconds per batch at most (longest item x batch size).",
+                                      recipe=True)
+    grad_accum_steps: int = option(1, "Batches whose gradients are summed before one optimizer step.",
+                                   flags="--grad-accum", recipe=True)
+    optimizer: str = option("adam", "Optimizer: adam | adamw.", choices=OPTIMIZERS, recipe=True)
+    lr_encoder: float = option(1e-4, "Learning rate of the wav2vec2 encoder.", recipe=True)
+    lr_head: float = option(1e-3, "Learning rate of the CTC head.", recipe=True)
     weight_decay: float = 0.0  # decoupled for adamw, L2 for adam
-    warmup_steps: int = 0  # linear learning-rate warm-up over this many optimizer steps (0: none)
-    newbob: bool = True  # anneal the learning rates when the dev loss stops improving (needs dev data)
+    warmup_steps: int = option(0, "Linear learning-rate warm-up over this many optimizer steps (0: none).",
+                               recipe=True)
+    newbob: bool = option(True, "NewBob annealing of the learning rates when the dev loss stops improving "
+                                "(train: the corpus dev split; simulate: each client's local dev split).",
+                          negative="--no-newbob", recipe=True)
     newbob_factor_encoder: float = 0.9  # encoder learning rate multiplier on no improvement (paper: 0.9)
     newbob_factor_head: float = 0.8  # head learning rate multiplier on no improvement (paper: 0.8)
     newbob_threshold: float = 0.0025  # relative dev-loss improvement below which NewBob anneals (paper: 0.0025)
     clip_norm: float = 5.0  # gradient-norm clip (paper: 5)
-    freeze_feature_encoder: bool = False  # keep the CNN feature encoder fixed (paper: trained)
-    min_seconds: float | None = 0.1  # drop training utterances shorter than this (paper: 0.1; None: no bound)
-    max_seconds: float | None = 10.0  # drop training utterances longer than this (paper: 10; None: no bound)
-    precision: str = "fp32"  # fp32 | bf16 | fp16 autocast; CUDA only (the CPU always trains in fp32)
-    gradient_checkpointing: bool = False  # recompute activations in the backward pass; CUDA only
-    device: str = "auto"  # auto (cuda when available) | cpu | cuda
-    seed: int = 0  # batch order, dropout and masking
-    max_steps: int | None = None  # stop after this many optimizer steps (None: run all epochs)
-    num_workers: int = 0  # audio-reading worker processes (0: read in the training process)
+    freeze_feature_encoder: bool = option(False, "Keep the CNN feature encoder fixed; in a federated run it is "
+                                                 "never sent.", negative="--train-feature-encoder", recipe=True)
+    min_seconds: float | None = option(0.1, "Drop training utterances shorter than this many seconds.", recipe=True)
+    max_seconds: float | None = option(10.0, "Drop training utterances longer than this many seconds.", recipe=True)
+    precision: str = option("fp32", "Autocast precision; bf16/fp16 on CUDA only (the CPU trains in fp32).",
+                            choices=PRECISIONS, recipe=True)
+    gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass: less memory (CUDA "
+                                                 "only).", negative="--no-gradient-checkpointing", recipe=True)
+    device: str = option("auto", DEVICE_HELP, choices=DEVICES)
+    seed: int = option(0, "Random seed: batch order, dropout and masking (same seed, same result).")
+    max_steps: int | None = option(None, "Stop after this many optimizer steps (none: run all epochs).",
+                                   recipe=True)
+    num_workers: int = option(0, "Audio-reading worker processes (0: read in the training process).",
+                              flags="--workers")
     cache_audio_seconds: float = 7200.0  # keep decoded audio in memory when the data is at most this long
 
     def __post_init__(self) -> None:
@@ -73,16 +93,64 @@ class TrainConfig:
         return asdict(self)
 
 
-# Learns the random-init `tiny` preset from scratch on CPU (REFERENCE §5): AdamW 2e-3 with 100 warm-up steps.
+# The recipes: what an option left unset stands for. `paper` is TrainConfig's defaults (REFERENCE §1); `tiny`
+# learns the random-init `tiny` preset from scratch on CPU (REFERENCE §5): AdamW 2e-3 with 100 warm-up steps.
 TINY_RECIPE = dict(
     optimizer="adamw", lr_encoder=2e-3, lr_head=2e-3, warmup_steps=100, max_batch_size=16, max_batch_seconds=120.0,
     newbob=False,
 )
 RECIPES: dict[str, dict[str, Any]] = {"paper": {}, "tiny": TINY_RECIPE}
+RECIPE_HELP = "Local-training recipe the unset options take their values from: paper | tiny."
 
 
 def recipe(name: str, **overrides: Any) -> TrainConfig:
-    """A named recipe (paper | tiny) with explicit overrides (None values ignored)."""
+    """A named recipe (paper | tiny) with explicit overrides; an override of None is unset (the recipe's value)."""
     if name not in RECIPES:
         raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, not {name!r}")
     return TrainConfig(**{**RECIPES[name], **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def recipe_value(name: str, field: str) -> Any:
+    """The value recipe ``name`` gives TrainConfig's ``field``."""
+    return getattr(recipe(name), field)
+
+
+def default_recipe(model: str) -> str:
+    """`fedw2v train`'s recipe when none is given: tiny for the random-init `tiny` preset, else paper."""
+    return "tiny" if model == "tiny" else "paper"
+
+
+def train_option(name: str, **changes: Any) -> Any:
+    """A field of another config declared by TrainConfig's option ``name``: unset (None) means the recipe's
+    value; ``changes`` replace parts of the declaration (e.g. the help of a renamed option)."""
+    opt = dataclasses.replace(declaration(TrainConfig, name), recipe=name, **changes)
+    return dataclasses.field(default=None, metadata={META: opt})
+
+
+@dataclass(frozen=True)
+class TrainRunConfig:
+    """`fedw2v train`: the run (where, which model, which recipe) and its resolved local-training config."""
+
+    manifest: str  # the manifest whose train (and dev) split is used
+    out: str = option(help="Run directory to write (checkpoints/, metrics.jsonl).", flags=("--out", "-o"), path=True)
+    model: str = option(DEFAULT_MODEL, MODEL_HELP, flags=("--model", "-m"))
+    recipe: str | None = option(None, RECIPE_HELP, choices=tuple(RECIPES),
+                                shown_default="tiny for --model tiny, else paper")
+    keep_checkpoints: int = option(1, "Newest epoch checkpoints kept.", resumable=True)
+    resume: bool = option(False, "Continue the run in --out from its newest epoch checkpoint.", flags="--resume",
+                          resumable=True)
+    allow_pickle: bool = option(False, ALLOW_PICKLE_HELP, flags="--allow-pickle")
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)  # resolved (see `build`)
+
+    def __post_init__(self) -> None:
+        if self.keep_checkpoints < 1:
+            raise ValueError("--keep-checkpoints must be at least 1")
+
+    @classmethod
+    def build(cls, manifest: str, train: dict[str, Any], **run: Any) -> TrainRunConfig:
+        """The run's config from its options (None: unset); the recipe is resolved here, once."""
+        run = {k: v for k, v in run.items() if v is not None}
+        name = run.pop("recipe", None) or default_recipe(run.get("model", DEFAULT_MODEL))
+        if name not in RECIPES:
+            raise ValueError(f"--recipe must be one of {', '.join(RECIPES)}, not {name!r}")
+        return cls(manifest=manifest, recipe=name, train=recipe(name, **train), **run)

@@ -51,7 +51,7 @@ class RunState:
 
 def check_run_dir(config: SimulateConfig) -> None:
     """A new run needs an unused run directory; a resumed one needs a checkpoint and the same configuration
-    (config.json), except the keys of `RESUMABLE_CHANGES`. Writes config.json for a new run."""
+    (config.json), except the options declared resumable. Writes config.json for a new run."""
     from fedw2v import runs
 
     run = Path(config.run_dir)

@@ -42,3 +42,24 @@ def print_problems(problems: Iterable[Any], limit: int = 20) -> None:
         err_console.print(f"[yellow]skipped[/yellow] {escape(str(p))}", soft_wrap=True)
     if len(problems) > limit:
         err_console.print(f"[yellow]… and {len(problems) - limit} more problems[/yellow]")
+
+
+@contextmanager
+def train_progress(enabled: bool = True) -> Iterator[Any]:
+    """The live bar of `fedw2v train` on stderr (epoch, batches, loss, audio seconds per second); yields the
+    callback `fedw2v.train.local_train` takes as ``progress``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} s audio/s"), TimeElapsedColumn(),
+        console=err_console, transient=True, disable=not enabled or not err_console.is_terminal,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("train", total=None, epoch="-", loss="-", speed="-")
+
+        def update(p: Any) -> None:
+            bar.update(task, completed=p.epoch * p.batches + p.batch, total=p.epochs * p.batches,
+                       epoch=f"{p.epoch + 1}/{p.epochs}", loss=f"{p.loss:.3f}",
+                       speed=f"{p.audio_seconds_per_second:.1f}")  # fmt: skip
+
+        yield update

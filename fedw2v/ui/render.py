@@ -254,3 +254,19 @@ def footprint_table(report: Any) -> Any:
         facts.add_row("pooled", f"not measurable: {report.pooled.reason}")
     facts.add_row("time", f"{report.seconds:.0f} s")
     return Group(table, facts)
+
+
+def import_warnings(imp: Any, manifest_path: Any) -> list[str]:
+    """One line per kind of list row `fedw2v partition --from-lists` could not use as it was."""
+    lines = []
+    if imp.duplicate_ids:
+        lines.append(
+            f"warning: {imp.duplicate_ids} ids listed more than once ({imp.duplicate_ids_across_clients} in "
+            f"several clients; e.g. {', '.join(imp.duplicate_examples[:3])}): policy {imp.duplicate_policy}, "
+            f"{imp.duplicate_rows_ignored} list rows ignored")
+    if imp.unmatched_ids:
+        lines.append(f"warning: {imp.unmatched_ids} listed ids are not in {manifest_path} "
+                     f"(e.g. {', '.join(imp.unmatched_examples[:3])}): ignored")
+    if imp.outside_train_ids:
+        lines.append(f"warning: {imp.outside_train_ids} listed ids belong to the corpus dev/test split: ignored")
+    return lines
