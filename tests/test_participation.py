@@ -67,4 +67,4 @@ def test_cli_table_json_and_plot(fl_run, tmp_path):
     r = runner.invoke(app, ["evaluate", str(fl_run), "--participation", "--rounds", "7"])
     assert r.exit_code == 2 and "no checkpoint for rounds 7" in r.output
     r = runner.invoke(app, ["evaluate", str(tmp_path), "--participation"])
-    assert r.exit_code == 2 and "not a federated run directory" in r.output
+    assert r.exit_code == 2 and "not a federated run" in r.output
