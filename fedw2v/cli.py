@@ -504,7 +504,7 @@ def footprint(
     """Speaker-privacy attack on a run's client updates: EER per layer of footprint trials (REFERENCE.md §4)."""
     import json
 
-    from fedw2v import footprint as fp
+    from fedw2v.privacy import attack as fp
     from fedw2v.ui.console import console, err_console
     from fedw2v.plots import eer_per_layer
     from fedw2v.ui.render import footprint_table
