@@ -68,7 +68,6 @@ class FootprintConfig:
                 raise ValueError(rule)
 
 
-
 @dataclass
 class RoundResult:
     round: int
@@ -122,7 +121,6 @@ class FootprintReport:
             "best_layer": None if best is None else {"layer": best[0], "eer": best[1]},
             "seconds": round(self.seconds, 2),
         }
-
 
 
 def report_json(report: FootprintReport) -> str:
@@ -245,8 +243,6 @@ def _round_events(run_dir: Path) -> dict[int, dict[str, Any]]:
         elif kind == "round_end":
             slot["ended"] = True
     return out
-
-
 
 
 def _setting(run: _Run, config: FootprintConfig, say: Progress) -> _Setting:
