@@ -17,6 +17,7 @@ from typer.core import TyperGroup
 
 from fedw2v import __version__
 from fedw2v.cli_options import build, config_or_usage_error, declared
+from fedw2v.config.footprint import FootprintConfig
 from fedw2v.config.simulate import SimulateConfig
 from fedw2v.config.train import ALLOW_PICKLE_HELP, MODEL_HELP, TrainConfig, TrainRunConfig
 from fedw2v.evaluate import EvaluateConfig
@@ -76,14 +77,6 @@ def _root(
 
 def _csv(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
-
-
-def _rounds(value: str, option: str) -> tuple[int, ...]:
-    """Comma-separated round numbers (empty: none); UsageError naming ``option`` otherwise."""
-    try:
-        return tuple(int(r) for r in _csv(value))
-    except ValueError:
-        raise UsageError(f"{option} must be comma-separated round numbers, not {value!r}") from None
 
 
 @app.command()
@@ -377,7 +370,9 @@ def _evaluate_participation(run: str, manifest_path: Path | None, rounds: str, p
     from fedw2v.ui.console import console, progress_bar
     from fedw2v.ui.render import participation_table
 
-    wanted = list(_rounds(rounds, "--rounds"))
+    from fedw2v.config.options import parse_rounds
+
+    wanted = list(config_or_usage_error(parse_rounds, rounds, "--rounds"))
     with progress_bar("scoring checkpoints") as update:
         report = part.analyse(run, manifest_path, wanted or None, device,
                               progress=lambda label, done, total: update(done, total))
@@ -472,27 +467,9 @@ def simulate(
 
 
 @app.command()
+@declared(FootprintConfig)
 def footprint(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A federated run made by `fedw2v simulate`.")],
-    indicator: Annotated[
-        Path | None,
-        typer.Option("--indicator", help="Manifest of the indicator set (default: the run's).", dir_okay=False),
-    ] = None,
-    indicator_split: Annotated[
-        str | None, typer.Option("--indicator-split", help="Corpus split of the indicator utterances (run's: dev).")
-    ] = None,
-    indicator_utterances: Annotated[
-        int | None, typer.Option("--indicator-utterances", help="Indicator utterances used (run's: 64).")
-    ] = None,
-    rounds: Annotated[
-        str, typer.Option("--rounds", help="Comma-separated rounds to analyse (default: the run's footprint rounds).")
-    ] = "",
-    enroll_epochs: Annotated[
-        int | None, typer.Option("--enroll-epochs", help="Epochs of fine-tuning on each holdout (run's local epochs).")
-    ] = None,
-    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for the confidence intervals.")]
-    = 1000,
-    device: Device = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON only.")] = False,
     plot: Annotated[
         Path | None,
@@ -500,28 +477,22 @@ def footprint(
             "--plot", help="PNG of EER against layer (default: RUN_DIR/plots/footprint-eer.png).", dir_okay=False
         ),
     ] = None,
+    **options: Any,
 ) -> None:
     """Speaker-privacy attack on a run's client updates: EER per layer of footprint trials (REFERENCE.md §4)."""
     import json
 
+    from fedw2v.plots import eer_per_layer
     from fedw2v.privacy import attack as fp
     from fedw2v.ui.console import console, err_console
-    from fedw2v.plots import eer_per_layer
     from fedw2v.ui.render import footprint_table
 
-    round_list = _rounds(rounds, "--rounds")
+    indicator = options.get("indicator_manifest")
     if indicator is not None and not indicator.is_file():
         raise InputError(f"--indicator {indicator}: no such manifest file")
     if plot is not None and plot.suffix.lower() != ".png":
         raise UsageError(f"--plot {plot}: must be a .png file path")
-    for name, value in (("--indicator-utterances", indicator_utterances), ("--enroll-epochs", enroll_epochs)):
-        if value is not None and value < 1:
-            raise UsageError(f"{name} must be at least 1")
-    config = config_or_usage_error(
-        fp.FootprintConfig, rounds=round_list, indicator_manifest=str(indicator.resolve()) if indicator else "",
-        indicator_split=indicator_split or "", indicator_utterances=indicator_utterances or 0,
-        enroll_epochs=enroll_epochs or 0, bootstrap=bootstrap, device=device,
-    )
+    config = build(FootprintConfig, options)
     with err_console.status("footprint analysis", spinner="dots") as status:
         live = err_console.is_terminal and not json_out
         report = fp.analyse(run_dir, config, progress=(lambda message: status.update(message)) if live else None)

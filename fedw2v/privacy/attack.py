@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedw2v.config.footprint import FootprintConfig
 from fedw2v.errors import InputError
 from fedw2v.privacy.footprints import ReferenceStates, footprint, model_meta
 from fedw2v.privacy.indicator import Indicator, client_speakers, indicator_from_ids, run_indicator
@@ -36,36 +37,6 @@ if TYPE_CHECKING:  # pragma: no cover
 ENROLL_SEED_TAG = 0x656E726F  # keeps enrollment seeds apart from the clients' own training seeds
 
 Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class FootprintConfig:
-    rounds: tuple[int, ...] = ()  # rounds to analyse (empty: the run's footprint rounds)
-    indicator_manifest: str = ""  # indicator manifest ('': the run's indicator set)
-    indicator_split: str = ""  # its corpus split ('': the run's, dev by default)
-    indicator_utterances: int = 0  # indicator utterances (0: the run's)
-    enroll_epochs: int = 0  # epochs of enrollment fine-tuning on each holdout (0: the run's local epochs)
-    bootstrap: int = 1000  # bootstrap resamples for the confidence intervals
-    confidence: float = 0.95  # level of the confidence intervals
-    seed: int = 0  # bootstrap seed
-    device: str = "auto"  # auto | cpu | cuda: where models run
-    reuse: bool = True  # reuse stored enrollment footprints made with the same settings
-
-    def __post_init__(self) -> None:
-        from fedw2v.device import DEVICES
-
-        checks = [
-            (all(r >= 1 for r in self.rounds), "rounds must be at least 1"),
-            (len(set(self.rounds)) == len(self.rounds), "rounds must not repeat"),
-            (self.indicator_utterances >= 0, "indicator utterances must be at least 1"),
-            (self.enroll_epochs >= 0, "enroll epochs must be at least 1"),
-            (self.bootstrap >= 1, "bootstrap resamples must be at least 1"),
-            (0 < self.confidence < 1, "confidence must lie in (0, 1)"),
-            (self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}"),
-        ]
-        for ok, rule in checks:
-            if not ok:
-                raise ValueError(rule)
 
 
 @dataclass
