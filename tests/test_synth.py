@@ -95,9 +95,9 @@ def test_the_words_of_a_seed_are_pinned():
 
     rng = random.Random("fedw2v-synth:1:FliteSlt_2009K")
     lines = []
-    for k in range(60):
-        said = sentences.make_sentence(rng, opening=(k == 0))
-        forced = ("unk", "noise", "variant")[k] if k < 3 else None
+    for k in range(2000):  # 40 talks' worth: an opening, then 49 sentences, the first three with a forced quirk
+        said = sentences.make_sentence(rng, opening=(k % 50 == 0))
+        forced = ("unk", "noise", "variant")[k % 3] if k % 50 < 3 else None
         words, noise = sentences.quirky_words(sentences.stm_words(said), rng, forced)
         lines.append(f"{said}|{' '.join(words)}|{noise}")
     assert lines[:2] == [
@@ -106,10 +106,12 @@ def test_the_words_of_a_seed_are_pinned():
         "|what 's interesting is that(2) stories can 't clean it|True",
     ]
     digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()
-    assert digest == "d20aa441928c958ef46d42e8dba1881267cdac95e1087516ec11c6db473eab38"
+    assert digest == "70bf4621e541b78bc2c00b8b2242bfa97222b45d8ded87524782a77fa07c887c"
 
 
 def test_the_talk_plan_of_a_seed_is_pinned(tmp_path):
+    import hashlib
+
     plans = synth._plan(list(voices.VOICES[:5]), SynthConfig(tmp_path, speakers=5, minutes=2.0, seed=1))
     assert [(p.talk_id, p.split, p.sa_split, p.label_style) for p in plans] == [
         ("FliteSlt_2016G", "train", "train", "ofg"),
@@ -122,6 +124,14 @@ def test_the_talk_plan_of_a_seed_is_pinned(tmp_path):
         ("FliteAwb_2014I", "test", "train", "ofg"),
     ]
     assert all(p.target_seconds == 15.0 for p in plans)
+    rows = [
+        f"{seed} {n} {p.index} {p.talk_id} {p.voice.speaker} {p.split} {p.sa_split} {p.label_style} {p.target_seconds!r}"
+        for seed in range(10)
+        for n in (3, 7, 10, 16)
+        for p in synth._plan(list(voices.VOICES[:n]), SynthConfig(tmp_path, speakers=n, minutes=3.0, seed=seed))
+    ]
+    digest = hashlib.sha256("\n".join(rows).encode()).hexdigest()
+    assert (len(rows), digest) == (520, "04e91f14b9df4c38cb89d78187a2ff1c161f6b39b4854caddec889d8a2f2795f")
 
 
 def test_voices_are_distinct_speakers():
