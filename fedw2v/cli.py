@@ -21,6 +21,7 @@ from fedw2v.config.footprint import FootprintConfig
 from fedw2v.config.simulate import SimulateConfig
 from fedw2v.config.train import ALLOW_PICKLE_HELP, MODEL_HELP, TrainConfig, TrainRunConfig
 from fedw2v.evaluate import EvaluateConfig
+from fedw2v.partition import PartitionConfig
 from fedw2v.transcribe import TranscribeConfig
 from fedw2v.device import DEVICE_HELP
 from fedw2v.errors import InputError, UsageError, exit_code_for, format_error
@@ -171,35 +172,11 @@ def prepare(
 
 
 @app.command()
+@declared(PartitionConfig)
 def partition(
     ctx: typer.Context,
     manifest_path: Annotated[Path, typer.Argument(metavar="MANIFEST", help="Manifest made by `fedw2v prepare`.")],
     output: ManifestOut,
-    scheme: Annotated[
-        str, typer.Option(help="speaker (the paper: one client per speaker) | iid | dirichlet.")
-    ] = "speaker",
-    num_clients: Annotated[
-        int | None, typer.Option("--num-clients", help="Number of clients (iid, dirichlet).")
-    ] = None,
-    alpha: Annotated[
-        float, typer.Option(help="Dirichlet concentration (dirichlet): small = unequal clients, large = near iid.")
-    ] = 0.5,
-    unit: Annotated[
-        str, typer.Option(help="What iid/dirichlet deal to clients: speaker (whole speakers) | utterance.")
-    ] = "speaker",
-    local_split: Annotated[
-        str, typer.Option("--local-split", help="Each client's local train,dev,test fractions.")
-    ] = "0.8,0.1,0.1",
-    holdout_minutes: Annotated[
-        float, typer.Option(help="Minutes of local train held out (never trained on) per client; 0: none.")
-    ] = 5.0,
-    holdout_min_minutes: Annotated[
-        float, typer.Option(help="Only clients with more speech than this many minutes get a holdout.")
-    ] = 10.0,
-    max_clients: Annotated[
-        int | None, typer.Option("--max-clients", help="Keep only the K clients with the most speech.")
-    ] = None,
-    seed: Seed = 0,
     from_lists: Annotated[
         Path | None,
         typer.Option("--from-lists", help="Import the authors' client lists (DIR/client_<k>/ted_*.csv) instead."),
@@ -210,14 +187,33 @@ def partition(
     plot: Annotated[
         Path | None, typer.Option("--plot", help="Also write a PNG histogram of minutes per client.", dir_okay=False)
     ] = None,
+    **options: Any,
 ) -> None:
     """Split the corpus train utterances into federated clients with local train/dev/test/holdout splits."""
+    from fedw2v.partition import run as partition_run
+    from fedw2v.ui.console import console, err_console
+    from fedw2v.ui.render import import_warnings, partition_table
+
+    config = _partition_config(ctx, options, from_lists, duplicates)
+    if plot is not None and (plot.suffix.lower() != ".png" or plot.is_dir()):
+        raise UsageError(f"--plot {plot}: must be a .png file path")
+    result = partition_run.run(manifest_path, output, config, options["max_clients"], plot)
+    for line in import_warnings(result.imported, manifest_path) if from_lists is not None else []:
+        err_console.print(line, markup=False, soft_wrap=True)
+    console.print(partition_table(result))
+    console.print(
+        f"wrote {result.stats.clients} clients ({result.table.num_rows} utterances) to {output}"
+        + (f"; histogram {plot}" if plot is not None else ""),
+        soft_wrap=True,
+    )
+
+
+def _partition_config(ctx: typer.Context, options: dict[str, Any], from_lists: Path | None, duplicates: str) -> Any:
+    """A scheme's PartitionConfig, or the lists to import; options that do not apply are refused, naming them."""
     from click.core import ParameterSource
 
     from fedw2v import partition as part
-    from fedw2v import partition_run
-    from fedw2v.ui.console import console, err_console
-    from fedw2v.ui.render import import_warnings, partition_table
+    from fedw2v.partition.run import ListsImport
 
     def given(*names: str) -> list[str]:
         return [
@@ -231,31 +227,14 @@ def partition(
             raise UsageError(f"--from-lists imports the authors' clients as they are; {', '.join(clash)} do not apply")
         if duplicates not in part.DUPLICATE_POLICIES:
             raise UsageError(f"--duplicates must be one of {', '.join(part.DUPLICATE_POLICIES)}, not {duplicates!r}")
-        config: Any = partition_run.ListsImport(from_lists, duplicates)
-    else:
-        if given("duplicates"):
-            raise UsageError("--duplicates applies to --from-lists only")
-        if scheme != "dirichlet" and given("alpha"):
-            raise UsageError("--alpha applies to --scheme dirichlet only")
-        if scheme == "speaker" and given("unit"):
-            raise UsageError("--unit applies to --scheme iid and dirichlet only")
-        fractions = config_or_usage_error(part.parse_local_split, local_split)
-        config = config_or_usage_error(
-            part.PartitionConfig, scheme=scheme, num_clients=num_clients, alpha=alpha, unit=unit,
-            local_split=fractions, holdout_minutes=holdout_minutes, holdout_min_minutes=holdout_min_minutes,
-            max_clients=max_clients, seed=seed,
-        )  # fmt: skip
-    if plot is not None and (plot.suffix.lower() != ".png" or plot.is_dir()):
-        raise UsageError(f"--plot {plot}: must be a .png file path")
-    result = partition_run.run(manifest_path, output, config, max_clients, plot)
-    for line in import_warnings(result.imported, manifest_path) if from_lists is not None else []:
-        err_console.print(line, markup=False, soft_wrap=True)
-    console.print(partition_table(result))
-    console.print(
-        f"wrote {result.stats.clients} clients ({result.table.num_rows} utterances) to {output}"
-        + (f"; histogram {plot}" if plot is not None else ""),
-        soft_wrap=True,
-    )
+        return ListsImport(from_lists, duplicates)
+    if given("duplicates"):
+        raise UsageError("--duplicates applies to --from-lists only")
+    if options["scheme"] != "dirichlet" and given("alpha"):
+        raise UsageError("--alpha applies to --scheme dirichlet only")
+    if options["scheme"] == "speaker" and given("unit"):
+        raise UsageError("--unit applies to --scheme iid and dirichlet only")
+    return build(PartitionConfig, options)
 
 
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help=MODEL_HELP)]
