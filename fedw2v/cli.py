@@ -8,6 +8,7 @@ the only place that does so (the mapping itself is in fedw2v.errors).
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,30 +17,87 @@ import typer
 from typer.core import TyperGroup
 
 from fedw2v import __version__
-from fedw2v.cli_options import build, config_or_usage_error, declared
+from fedw2v.cli_options import OutputPath, build, config_or_usage_error, declared
 from fedw2v.config.simulate import SimulateConfig
 from fedw2v.config.train import ALLOW_PICKLE_HELP, MODEL_HELP, TrainConfig, TrainRunConfig
 from fedw2v.evaluate import EvaluateConfig
 from fedw2v.transcribe import TranscribeConfig
 from fedw2v.device import DEVICE_HELP
-from fedw2v.errors import InputError, UsageError, exit_code_for, format_error
+from fedw2v.errors import EXIT_FAILURE, InputError, UsageError, exit_code_for, format_error
 
 
 class _Group(TyperGroup):
-    """Maps every exception escaping a command to one line on stderr and an exit code (--debug: traceback)."""
+    """Maps every exception escaping a command to one line on stderr and an exit code (--debug: traceback);
+    click's own errors (a malformed or unknown option, a missing argument) are one line too (`main`)."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        def debug() -> bool:  # (--debug is known once the group's callback has run)
+            return bool((ctx.obj or {}).get("debug")) or os.environ.get("FEDW2V_DEBUG") == "1"
+
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
-        except Exception as exc:  # noqa: BLE001 -- this is the one place errors are turned into messages
-            if (ctx.obj or {}).get("debug") or os.environ.get("FEDW2V_DEBUG") == "1":
-                raise
-            from fedw2v.ui.console import err_console
+        except BrokenPipeError:  # the reader of stdout went away (`fedw2v … | head`): stop quietly
+            _silence_stdout()
+            raise click.exceptions.Exit(EXIT_FAILURE) from None
+        except KeyboardInterrupt as exc:
+            if debug():
+                import traceback
 
-            err_console.print(format_error(exc), markup=False, soft_wrap=True)
+                traceback.print_exc()
+            _print_error(format_error(exc))
             raise click.exceptions.Exit(exit_code_for(exc)) from None
+        except Exception as exc:  # noqa: BLE001 -- this is the one place errors are turned into messages
+            if debug():
+                raise
+            _print_error(format_error(exc))
+            raise click.exceptions.Exit(exit_code_for(exc)) from None
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except click.ClickException as exc:
+            if not standalone_mode:
+                raise
+            if type(exc).__name__ != "NoArgsIsHelpError":  # (that one has printed the help already)
+                _print_error(click_error_line(exc))
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            if not standalone_mode:
+                raise
+            _print_error("aborted")
+            sys.exit(EXIT_FAILURE)
+        if not standalone_mode:
+            return result
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+def click_error_line(exc: click.ClickException) -> str:
+    """The one line for an error click found on the command line (it would print a usage box)."""
+    text = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    return f"error: {text.rstrip('.')}" + (f" (see `{ctx.command_path} --help`)" if ctx is not None else "")
+
+
+def _print_error(line: str) -> None:
+    from fedw2v.ui.console import err_console
+
+    err_console.print(line, markup=False, soft_wrap=True, highlight=False)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the flush at exit does not raise BrokenPipeError again."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # a stdout without a file descriptor (a test runner's)
+        pass
 
 
 app = typer.Typer(
@@ -53,7 +111,9 @@ app = typer.Typer(
 )
 
 # Typed parameters declared once and reused by the commands.
-ManifestOut = Annotated[Path, typer.Option("--output", "-o", help="Manifest file to write (Parquet).", dir_okay=False)]
+ManifestOut = Annotated[
+    Path, typer.Option("--output", "-o", help="Manifest file to write (Parquet).", click_type=OutputPath("file"))
+]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed (same seed, same result).")]
 
 
@@ -215,7 +275,8 @@ def partition(
         str, typer.Option(help="With --from-lists, an id listed more than once: first (first client wins) | drop.")
     ] = "first",
     plot: Annotated[
-        Path | None, typer.Option("--plot", help="Also write a PNG histogram of minutes per client.", dir_okay=False)
+        Path | None,
+        typer.Option("--plot", help="Also write a PNG histogram of minutes per client.", click_type=OutputPath("file")),
     ] = None,
 ) -> None:
     """Split the corpus train utterances into federated clients with local train/dev/test/holdout splits."""
@@ -318,7 +379,8 @@ def evaluate(
     ] = None,
     by: Annotated[str | None, typer.Option("--by", help="Also score per group: speaker.")] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Write the hypotheses (and per-utterance errors) to this Parquet file.")
+        Path | None, typer.Option("--out", help="Write the hypotheses (and per-utterance errors) to this Parquet file.",
+                                  click_type=OutputPath("file"))
     ] = None,
     allow_pickle: AllowPickle = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the scores as JSON only.")] = False,
@@ -329,7 +391,8 @@ def evaluate(
     rounds: Annotated[str, typer.Option(help="With --participation: checkpoint rounds to score [default: all kept].")]
     = "",
     plot: Annotated[
-        Path | None, typer.Option(help="With --participation: PNG plot path [default: RUN/plots/participation.png].")
+        Path | None, typer.Option(help="With --participation: PNG plot path [default: RUN/plots/participation.png].",
+                                  click_type=OutputPath("file"))
     ] = None,
     **options: Any,
 ) -> None:
@@ -350,7 +413,7 @@ def evaluate(
         raise UsageError("--manifest is required (except with --participation)")
     if by not in (None, "speaker"):
         raise UsageError(f"--by must be speaker, not {by!r}")
-    source = manifest.read(manifest_path)
+    source = manifest.read(manifest_path, allow_outside_audio=config.allow_outside_audio)
     ev.split_rows(source, config.split)  # fail before loading the model
     loaded = load_model(model, allow_pickle=allow_pickle)
     if not json_out:
@@ -396,7 +459,8 @@ def _evaluate_participation(run: str, manifest_path: Path | None, rounds: str, p
 def transcribe(
     audio: Annotated[list[Path], typer.Argument(metavar="AUDIO...", help="Audio files (wav, flac, ogg, mp3, sph, …).")],
     model: ModelOpt = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Write one file per input here instead of printing.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Write one file per input here instead of printing.",
+                                             click_type=OutputPath("dir"))] = None,
     allow_pickle: AllowPickle = False,
     **options: Any,
 ) -> None:
@@ -497,7 +561,8 @@ def footprint(
     plot: Annotated[
         Path | None,
         typer.Option(
-            "--plot", help="PNG of EER against layer (default: RUN_DIR/plots/footprint-eer.png).", dir_okay=False
+            "--plot", help="PNG of EER against layer (default: RUN_DIR/plots/footprint-eer.png).",
+            click_type=OutputPath("file"),
         ),
     ] = None,
 ) -> None:
