@@ -300,6 +300,8 @@ def read(path: str | os.PathLike, allow_outside_audio: bool = False) -> Manifest
     import pyarrow.parquet as pq
 
     path = Path(path)
+    if path.is_dir():
+        raise ManifestError(f"{path}: is a directory, not a manifest file")
     if not path.is_file():
         raise ManifestError(f"{path}: no such manifest file", hint="make one with `fedw2v prepare`")
     try:

@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from fedw2v.config.options import META, declaration, option
+from fedw2v.config.options import META, declaration, finite, option
 from fedw2v.device import DEVICE_HELP, DEVICES
 from fedw2v.manifest import allow_outside_audio_option
 
@@ -64,6 +64,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         checks = [
+            (finite(self.lr_encoder, self.lr_head, self.max_batch_seconds, self.weight_decay, self.clip_norm),
+             "learning rates, max_batch_seconds, weight_decay and clip_norm must be finite numbers"),
             (self.epochs >= 1, "epochs must be at least 1"),
             (self.max_batch_size >= 1, "max_batch_size must be at least 1"),
             (self.max_batch_seconds > 0, "max_batch_seconds must be positive"),
