@@ -1,8 +1,9 @@
 """The `fedw2v` command: one thin command per stage (parse -> typed config -> call -> render).
 
 Heavy libraries (torch, transformers, flwr, ray, pyarrow, numpy) are imported inside the commands, so
-`fedw2v --help` stays instant. Domain errors become one-line messages and exit codes in `_Group.invoke`,
-the only place that does so (the mapping itself is in fedw2v.errors).
+`fedw2v --help` stays instant. Errors become one-line messages and exit codes in `_Group` only (`invoke`: what
+the commands raise, Ctrl-C and a closed stdout pipe; `main`: what click refuses on the command line); the mapping
+itself is in fedw2v.errors.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from fedw2v.config.train import ALLOW_PICKLE_HELP, MODEL_HELP, TrainConfig, Trai
 from fedw2v.evaluate import EvaluateConfig
 from fedw2v.transcribe import TranscribeConfig
 from fedw2v.device import DEVICE_HELP
-from fedw2v.errors import EXIT_FAILURE, InputError, UsageError, exit_code_for, format_error
+from fedw2v.errors import (EXIT_FAILURE, InputError, UsageError, exit_code_for, format_click_error, format_error,
+                           stdout_to_devnull)
 
 
 class _Group(TyperGroup):
@@ -39,7 +41,7 @@ class _Group(TyperGroup):
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
         except BrokenPipeError:  # the reader of stdout went away (`fedw2v … | head`): stop quietly
-            _silence_stdout()
+            stdout_to_devnull()
             raise click.exceptions.Exit(EXIT_FAILURE) from None
         except KeyboardInterrupt as exc:
             if debug():
@@ -61,7 +63,7 @@ class _Group(TyperGroup):
             if not standalone_mode:
                 raise
             if type(exc).__name__ != "NoArgsIsHelpError":  # (that one has printed the help already)
-                _print_error(click_error_line(exc))
+                _print_error(format_click_error(exc))
             sys.exit(exc.exit_code)
         except click.exceptions.Abort:
             if not standalone_mode:
@@ -73,31 +75,10 @@ class _Group(TyperGroup):
         sys.exit(result if isinstance(result, int) else 0)
 
 
-def click_error_line(exc: click.ClickException) -> str:
-    """The one line for an error click found on the command line (it would print a usage box)."""
-    text = " ".join(exc.format_message().split())
-    ctx = getattr(exc, "ctx", None)
-    return f"error: {text.rstrip('.')}" + (f" (see `{ctx.command_path} --help`)" if ctx is not None else "")
-
-
 def _print_error(line: str) -> None:
     from fedw2v.ui.console import err_console
 
     err_console.print(line, markup=False, soft_wrap=True, highlight=False)
-
-
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null, so that the flush at exit does not raise BrokenPipeError again."""
-    try:
-        sys.stdout.flush()
-    except (OSError, ValueError):
-        pass
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, AttributeError):  # a stdout without a file descriptor (a test runner's)
-        pass
 
 
 app = typer.Typer(
