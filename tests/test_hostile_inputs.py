@@ -159,7 +159,8 @@ def test_every_transformers_load_passes_trust_remote_code_false():
             name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
             if name in ("from_pretrained", "pipeline"):
                 trusted = [k for k in node.keywords if k.arg == "trust_remote_code"]
-                ok = len(trusted) == 1 and isinstance(trusted[0].value, ast.Constant) and trusted[0].value.value is False
+                value = trusted[0].value if len(trusted) == 1 else None
+                ok = isinstance(value, ast.Constant) and value.value is False
                 calls.append((f"{path.relative_to(ROOT)}:{node.lineno}", ok))
     assert len(calls) >= 4, calls  # the model, tokenizer and feature-extractor loads, the pipeline checks
     assert [where for where, ok in calls if not ok] == []
@@ -349,8 +350,9 @@ def test_non_finite_times_are_refused_naming_the_utterance(tmp_path, corpus_mani
     utt = pq.read_table(bad).column("utt_id")[1].as_py()
     with pytest.raises(ManifestError, match=f"utterance '{utt}' has {column}=-?(nan|inf)"):
         manifest.read(bad)
+    info = manifest.read(corpus_manifest).info
     with pytest.raises(ManifestError, match=utt):
-        manifest.write(manifest.Manifest(pq.read_table(bad), manifest.read(corpus_manifest).info), tmp_path / "w.parquet")
+        manifest.write(manifest.Manifest(pq.read_table(bad), info), tmp_path / "w.parquet")
     out = tmp_path / "p.parquet"
     assert utt in _one_line_error(runner.invoke(app, ["partition", str(bad), "-o", str(out)]))
     assert not out.exists()  # partition no longer writes such rows
@@ -505,7 +507,9 @@ def _fuzz_strategies():
             except (pa.ArrowException, OverflowError, TypeError, ValueError):  # e.g. 1e308 as float32
                 arrays.append(pa.nulls(n, typ))
             fields.append(pa.field(name, typ))
-        return pa.Table.from_arrays(arrays, schema=pa.schema(fields)) if fields else pa.table({"x": pa.array([], pa.int8())})
+        if not fields:
+            return pa.table({"x": pa.array([], pa.int8())})
+        return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
     hostile = {"double": st.sampled_from([math.nan, math.inf, -math.inf, -1.0, 0.0, -0.0, 1e308, 5e-324]),
                "int32": st.sampled_from([-1, 0, 2**31 - 1, -(2**31)]),

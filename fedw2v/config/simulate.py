@@ -89,8 +89,8 @@ class SimulateConfig:
                 object.__setattr__(self, f.name, getattr(base, opt.recipe))
         object.__setattr__(self, "footprint_rounds", tuple(self.footprint_rounds))
         checks = [
-            (opts.finite(self.lr_encoder, self.lr_head, self.gpus_per_client, self.cpus_per_client,
-                         self.round_timeout), "learning rates, GPU and CPU shares and the round timeout must be finite"),
+            (opts.finite(self.lr_encoder, self.lr_head, self.gpus_per_client, self.cpus_per_client, self.round_timeout),
+             "learning rates, GPU and CPU shares and the round timeout must be finite"),
             (self.rounds >= 1, "rounds must be at least 1"),
             (self.clients_per_round >= 1, "clients per round must be at least 1"),
             (self.local_epochs >= 1, "local epochs must be at least 1"),
