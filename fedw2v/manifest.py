@@ -59,10 +59,11 @@ OUTSIDE_AUDIO_HELP = ("Read manifest rows whose audio_path leaves the corpus roo
 
 def allow_outside_audio_option() -> Any:
     """The one declaration of ``--allow-outside-audio``: a field of the config of every command that reads audio
-    named by a manifest (train, evaluate, simulate)."""
+    named by a manifest (train, evaluate, simulate). A trust decision made at each invocation: it may change on
+    ``--resume`` (and runs recorded before it existed resume without it)."""
     from fedw2v.config.options import option
 
-    return option(False, OUTSIDE_AUDIO_HELP, flags="--allow-outside-audio")
+    return option(False, OUTSIDE_AUDIO_HELP, flags="--allow-outside-audio", resumable=True)
 
 
 def schema() -> pa.Schema:
