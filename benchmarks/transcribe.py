@@ -103,7 +103,7 @@ def main() -> None:
         wav, model_dir = Path(tmp) / "audio.wav", Path(tmp) / "model"
         audio = make_audio(args.seconds, wav)
         params = make_model(model_dir)
-        asr = pipeline("automatic-speech-recognition", model=str(model_dir), device="cpu")
+        asr = pipeline("automatic-speech-recognition", model=str(model_dir), device="cpu", trust_remote_code=False)
         loaded = load_model(str(model_dir))
         dec = Decoder(loaded.model, loaded.processor, "cpu")
         runs = {

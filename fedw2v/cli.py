@@ -1,22 +1,23 @@
 """The `fedw2v` command: one thin command per stage (parse -> typed config -> call -> render).
 
 Heavy libraries (torch, transformers, flwr, ray, pyarrow, numpy) are imported inside the commands, so
-`fedw2v --help` stays instant. Domain errors become one-line messages and exit codes in `_Group.invoke`,
-the only place that does so (the mapping itself is in fedw2v.errors).
+`fedw2v --help` stays instant. Errors become one-line messages and exit codes in one place,
+`fedw2v.cli_group.ErrorMappingGroup` (what the commands raise, Ctrl-C, a closed stdout pipe, and what click refuses
+on the command line); the mapping itself is in fedw2v.errors. Options are declared once, in the config classes
+(`fedw2v.config.options`); `fedw2v.cli_options` turns the declarations into Typer options.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
 import click
 import typer
-from typer.core import TyperGroup
 
 from fedw2v import __version__
-from fedw2v.cli_options import build, config_or_usage_error, declared
+from fedw2v.cli_group import ErrorMappingGroup
+from fedw2v.cli_options import OutputPath, build, config_or_usage_error, declared
 from fedw2v.config.footprint import FootprintConfig
 from fedw2v.config.simulate import SimulateConfig
 from fedw2v.config.train import ALLOW_PICKLE_HELP, MODEL_HELP, TrainConfig, TrainRunConfig
@@ -24,28 +25,11 @@ from fedw2v.evaluate import EvaluateConfig
 from fedw2v.partition import PartitionConfig
 from fedw2v.transcribe import TranscribeConfig
 from fedw2v.device import DEVICE_HELP
-from fedw2v.errors import InputError, UsageError, exit_code_for, format_error
-
-
-class _Group(TyperGroup):
-    """Maps every exception escaping a command to one line on stderr and an exit code (--debug: traceback)."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
-            raise
-        except Exception as exc:  # noqa: BLE001 -- this is the one place errors are turned into messages
-            if (ctx.obj or {}).get("debug") or os.environ.get("FEDW2V_DEBUG") == "1":
-                raise
-            from fedw2v.ui.console import err_console
-
-            err_console.print(format_error(exc), markup=False, soft_wrap=True)
-            raise click.exceptions.Exit(exit_code_for(exc)) from None
+from fedw2v.errors import InputError, UsageError
 
 
 app = typer.Typer(
-    cls=_Group,
+    cls=ErrorMappingGroup,
     name="fedw2v",
     help="Federated fine-tuning of wav2vec 2.0 speech recognisers, with speaker-privacy analysis.",
     no_args_is_help=True,
@@ -55,7 +39,9 @@ app = typer.Typer(
 )
 
 # Typed parameters declared once and reused by the commands.
-ManifestOut = Annotated[Path, typer.Option("--output", "-o", help="Manifest file to write (Parquet).", dir_okay=False)]
+ManifestOut = Annotated[
+    Path, typer.Option("--output", "-o", help="Manifest file to write (Parquet).", click_type=OutputPath("file"))
+]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed (same seed, same result).")]
 
 
@@ -185,7 +171,8 @@ def partition(
         str, typer.Option(help="With --from-lists, an id listed more than once: first (first client wins) | drop.")
     ] = "first",
     plot: Annotated[
-        Path | None, typer.Option("--plot", help="Also write a PNG histogram of minutes per client.", dir_okay=False)
+        Path | None,
+        typer.Option("--plot", help="Also write a PNG histogram of minutes per client.", click_type=OutputPath("file")),
     ] = None,
     **options: Any,
 ) -> None:
@@ -290,7 +277,8 @@ def evaluate(
     ] = None,
     by: Annotated[str | None, typer.Option("--by", help="Also score per group: speaker.")] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Write the hypotheses (and per-utterance errors) to this Parquet file.")
+        Path | None, typer.Option("--out", help="Write the hypotheses (and per-utterance errors) to this Parquet file.",
+                                  click_type=OutputPath("file"))
     ] = None,
     allow_pickle: AllowPickle = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the scores as JSON only.")] = False,
@@ -301,7 +289,8 @@ def evaluate(
     rounds: Annotated[str, typer.Option(help="With --participation: checkpoint rounds to score [default: all kept].")]
     = "",
     plot: Annotated[
-        Path | None, typer.Option(help="With --participation: PNG plot path [default: RUN/plots/participation.png].")
+        Path | None, typer.Option(help="With --participation: PNG plot path [default: RUN/plots/participation.png].",
+                                  click_type=OutputPath("file"))
     ] = None,
     **options: Any,
 ) -> None:
@@ -322,7 +311,7 @@ def evaluate(
         raise UsageError("--manifest is required (except with --participation)")
     if by not in (None, "speaker"):
         raise UsageError(f"--by must be speaker, not {by!r}")
-    source = manifest.read(manifest_path)
+    source = manifest.read(manifest_path, allow_outside_audio=config.allow_outside_audio)
     ev.split_rows(source, config.split)  # fail before loading the model
     loaded = load_model(model, allow_pickle=allow_pickle)
     if not json_out:
@@ -334,11 +323,9 @@ def evaluate(
     if json_out:
         typer.echo(json.dumps(result.to_dict(speakers=by == "speaker")))
         return
-    console.print(evaluate_table(result))
-    if by == "speaker":
-        console.print(speaker_table(result))
-    if out is not None:
-        console.print(f"wrote {result.hypotheses.num_rows} hypotheses to {out}")
+    for part in [evaluate_table(result)] + ([speaker_table(result)] if by == "speaker" else []) + (
+            [f"wrote {result.hypotheses.num_rows} hypotheses to {out}"] if out is not None else []):
+        console.print(part)
 
 
 def _evaluate_participation(run: str, manifest_path: Path | None, rounds: str, plot: Path | None, device: str,
@@ -370,7 +357,8 @@ def _evaluate_participation(run: str, manifest_path: Path | None, rounds: str, p
 def transcribe(
     audio: Annotated[list[Path], typer.Argument(metavar="AUDIO...", help="Audio files (wav, flac, ogg, mp3, sph, …).")],
     model: ModelOpt = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Write one file per input here instead of printing.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Write one file per input here instead of printing.",
+                                             click_type=OutputPath("dir"))] = None,
     allow_pickle: AllowPickle = False,
     **options: Any,
 ) -> None:
@@ -453,7 +441,8 @@ def footprint(
     plot: Annotated[
         Path | None,
         typer.Option(
-            "--plot", help="PNG of EER against layer (default: RUN_DIR/plots/footprint-eer.png).", dir_okay=False
+            "--plot", help="PNG of EER against layer (default: RUN_DIR/plots/footprint-eer.png).",
+            click_type=OutputPath("file"),
         ),
     ] = None,
     **options: Any,

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedw2v.config.options import option
-from fedw2v.device import DEVICE_HELP, DEVICES
+from fedw2v.device import DEVICE_HELP, DEVICES, check_device
 from fedw2v.errors import InputError
-from fedw2v.manifest import SPLITS
+from fedw2v.manifest import SPLITS, allow_outside_audio_option
 from fedw2v.metrics import ErrorCounts, by_group, normalize_pair, total, utterance_counts
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -37,12 +37,14 @@ class EvaluateConfig:
     max_batch_size: int = 32  # utterances per decoding batch at most
     device: str = option("auto", DEVICE_HELP, choices=DEVICES)
     corpus_root: str | None = None  # where the audio is now, when the corpus moved since `prepare`
+    allow_outside_audio: bool = allow_outside_audio_option()
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {self.split!r}")
         if self.max_batch_seconds <= 0 or self.max_batch_size < 1:
             raise ValueError("max_batch_seconds must be positive and max_batch_size at least 1")
+        check_device(self.device)
 
 
 @dataclass

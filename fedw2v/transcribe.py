@@ -16,7 +16,7 @@ from typing import Any
 
 from fedw2v.config.options import option
 from fedw2v.decode import DEFAULT_CHUNK_S, DEFAULT_OVERLAP_S, Decoder, Transcript, Word
-from fedw2v.device import DEVICE_HELP, DEVICES
+from fedw2v.device import DEVICE_HELP, DEVICES, check_device
 from fedw2v.errors import InputError
 
 FORMATS = ("text", "json", "srt")
@@ -39,6 +39,7 @@ class TranscribeConfig:
             raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {self.format!r}")
         if self.overlap_seconds < 0:
             raise ValueError("overlap_seconds must be non-negative")
+        check_device(self.device)
         if self.chunk_seconds <= 2 * self.overlap_seconds:
             raise ValueError(
                 f"chunk_seconds ({self.chunk_seconds}) must be longer than twice "

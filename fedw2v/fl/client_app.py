@@ -39,6 +39,7 @@ class TrainJob:
     base_model: str  # the run's round-0 checkpoint (the model every worker builds once)
     train_config: dict  # fedw2v.train.TrainConfig fields
     seed: int
+    allow_outside_audio: bool = False  # the run's --allow-outside-audio (audio paths outside the corpus root)
 
     @classmethod
     def from_record(cls, config: Any) -> TrainJob:
@@ -46,6 +47,7 @@ class TrainJob:
             client_id=int(config["client-id"]), round=int(config["round"]), manifest=str(config["manifest"]),
             corpus_root=str(config["corpus-root"]), base_model=str(config["base-model"]),
             train_config=json.loads(str(config["train-config"])), seed=int(config["seed"]),
+            allow_outside_audio=bool(config.get("allow-outside-audio", False)),
         )
 
     def to_record(self) -> ConfigRecord:
@@ -53,6 +55,7 @@ class TrainJob:
             "client-id": self.client_id, "round": self.round, "manifest": self.manifest,
             "corpus-root": self.corpus_root, "base-model": self.base_model,
             "train-config": json.dumps(self.train_config), "seed": self.seed,
+            "allow-outside-audio": self.allow_outside_audio,
         })
 
 
@@ -62,7 +65,7 @@ class Worker:
 
     def __init__(self) -> None:
         self._model: tuple[str, Any] | None = None
-        self._manifests: dict[tuple[str, str], Any] = {}
+        self._manifests: dict[tuple[str, str, bool], Any] = {}
         self.builds = 0  # how many times a model was built in this process (tests check it stays 1)
 
     def model(self, base: str) -> Any:
@@ -78,9 +81,9 @@ class Worker:
         from fedw2v import manifest as mf
         from fedw2v.batching import utterances_from_manifest
 
-        key = (job.manifest, job.corpus_root)
+        key = (job.manifest, job.corpus_root, job.allow_outside_audio)
         if key not in self._manifests:
-            self._manifests = {key: mf.read(job.manifest)}
+            self._manifests = {key: mf.read(job.manifest, allow_outside_audio=job.allow_outside_audio)}
         return utterances_from_manifest(
             self._manifests[key], split="train", local_split=local_split, client_id=job.client_id,
             corpus_root=job.corpus_root or None,
