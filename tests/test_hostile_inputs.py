@@ -9,6 +9,8 @@ valid manifest or raises an InputError, never another exception.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 import os
@@ -338,6 +340,18 @@ def test_simulate_carries_allow_outside_audio_to_the_server_and_every_client(tmp
     assert TrainJob.from_record(TrainJob(1, 2, str(bad), "", "base", {}, 0).to_record()).allow_outside_audio is False
     assert SimulateConfig(clients_manifest="c", run_dir="r", allow_outside_audio=True).to_run_config()[
         "allow-outside-audio"] is True
+
+
+def test_the_footprint_indicator_honours_the_runs_allow_outside_audio(tmp_path, corpus_manifest):
+    from fedw2v.config.simulate import SimulateConfig
+    from fedw2v.privacy.indicator import run_indicator
+
+    bad = _rewrite(corpus_manifest, tmp_path / "bad.parquet", "audio_path", 0, "/etc/passwd")
+    config = SimulateConfig(clients_manifest=str(bad), run_dir=str(tmp_path / "run"), model="tiny")
+    with pytest.raises(ManifestError, match="leaves the corpus root"):
+        run_indicator(config)
+    outside = run_indicator(dataclasses.replace(config, allow_outside_audio=True))
+    assert outside.available >= 0  # read, not refused
 
 
 # ---------------------------------------------------------------- validation
