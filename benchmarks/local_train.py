@@ -131,13 +131,15 @@ def make_setup(name: str, utts: list, args) -> Setup:
 
 def run_one(side: str, precision: str, setup: Setup, args, max_steps: int | None = None) -> dict:
     model = copy.deepcopy(setup.model)
+    cpu = time.process_time()
     if side == "fedw2v":
         seconds, padded = run_fedw2v(model, precision, setup, args, max_steps)
     else:
         seconds, padded = run_trainer(model, precision, setup, args, max_steps)
+    cpu = time.process_time() - cpu
     n = len(setup.utterances) * setup.epochs
     audio_s = sum(len(a) for a in setup.audio) / SR * setup.epochs
-    return {"side": side, "precision": precision, "seconds": round(seconds, 3),
+    return {"side": side, "precision": precision, "seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3),
             "utterances_per_second": round(n / seconds, 3), "audio_seconds_per_second": round(audio_s / seconds, 3),
             "padded_fraction": round(padded, 4)}
 
@@ -215,28 +217,30 @@ def padded_fraction(batches: list[list[int]]) -> float:
 
 
 def summarise(results: list[dict]) -> str:
-    """A Markdown table: per model, threads, side and precision, the medians over repeats, and the
-    throughput ratio against Trainer fp32 in the same repeat."""
-    lines = ["| model | threads | side | precision | seconds | utt/s | audio s/s | padded | ratio to Trainer fp32 |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    keys = sorted({(r["model"], r["threads"], r["side"], r["precision"]) for r in results},
-                  key=lambda k: (k[0], k[1], k[2] != "fedw2v", k[3]))
-    for model, threads, side, precision in keys:
-        rows = [r for r in results if (r["model"], r["threads"], r["side"], r["precision"]) == (model, threads, side,
-                                                                                               precision)]
-        ratios = []
-        for r in rows:
-            ref = [x for x in results if (x["model"], x["threads"], x["side"], x["precision"], x["repeat"]) ==
-                   (model, threads, "trainer", "fp32", r["repeat"])]
-            if ref:
-                ratios.append(r["utterances_per_second"] / ref[0]["utterances_per_second"])
-        med = {k: statistics.median(r[k] for r in rows) for k in ("seconds", "utterances_per_second",
+    """A Markdown table: per model, threads, side and precision, the medians over repeats, and the throughput
+    ratio against Trainer fp32 in the same repeat, by wall time and by the process's CPU time (the steadier of
+    the two on shared cores; with one thread it is the wall time an idle machine would show)."""
+    lines = ["| model | threads | side | precision | wall s | CPU s | utt/s | audio s/s | padded | "
+             "ratio to Trainer fp32 (wall) | ratio (CPU time) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    key = ("model", "threads", "side", "precision")
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault(tuple(r[k] for k in key), []).append(r)
+    for k in sorted(groups, key=lambda k: (k[0], k[1], k[2] != "fedw2v", k[3])):
+        rows = groups[k]
+        refs = {r["repeat"]: r for r in groups.get((k[0], k[1], "trainer", "fp32"), [])}
+        wall = [refs[r["repeat"]]["seconds"] / r["seconds"] for r in rows if r["repeat"] in refs]
+        cpu = [refs[r["repeat"]]["cpu_seconds"] / r["cpu_seconds"] for r in rows if r["repeat"] in refs]
+        med = {m: statistics.median(r[m] for r in rows) for m in ("seconds", "cpu_seconds", "utterances_per_second",
                                                                    "audio_seconds_per_second", "padded_fraction")}
-        ratio = f"{statistics.median(ratios):.2f} ({', '.join(f'{x:.2f}' for x in ratios)})" if ratios else "-"
-        lines.append(f"| {model} | {threads} | {side} | {precision} | {med['seconds']:.1f} | "
+        lines.append(f"| {k[0]} | {k[1]} | {k[2]} | {k[3]} | {med['seconds']:.1f} | {med['cpu_seconds']:.1f} | "
                      f"{med['utterances_per_second']:.2f} | {med['audio_seconds_per_second']:.1f} | "
-                     f"{med['padded_fraction']:.1%} | {ratio} |")
+                     f"{med['padded_fraction']:.1%} | {_ratios(wall)} | {_ratios(cpu)} |")
     return "\n".join(lines)
+
+
+def _ratios(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} ({', '.join(f'{x:.2f}' for x in values)})" if values else "-"
 
 
 if __name__ == "__main__":
