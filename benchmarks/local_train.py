@@ -69,6 +69,7 @@ def main() -> None:
     ap.add_argument("--max-utterances", type=int, default=0, help="use only the first N utterances (0: all)")
     ap.add_argument("--base-utterances", type=int, default=48)
     ap.add_argument("--base-epochs", type=int, default=1)
+    ap.add_argument("--sides", default="fedw2v,trainer", help="what to run (%(default)s)")
     ap.add_argument("--trainer-optim", default="adamw_torch_fused")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
@@ -80,6 +81,13 @@ def main() -> None:
 
     if not args.manifest.is_file():
         raise SystemExit(f"{args.manifest}: no such manifest (run `make demo`, or pass --manifest)")
+    sides = args.sides.split(",")
+    if "trainer" in sides:
+        try:
+            import accelerate  # noqa: F401 -- transformers.Trainer needs it
+        except ImportError:
+            raise SystemExit("transformers.Trainer needs the accelerate package: pip install 'accelerate>=1.1' "
+                             "(or run --sides fedw2v)") from None
     utts = utterances_from_manifest(mf.read(args.manifest), split=args.split)
     utts = filter_by_duration(utts, 0.1, 10.0)[0]  # fedw2v's default filter: both sides get the same utterances
     if args.max_utterances:
@@ -91,12 +99,11 @@ def main() -> None:
               f"{sum(len(a) for a in setup.audio) / SR:.0f} s of audio, {setup.epochs} epochs, batch {args.batch}")
         for threads in (int(t) for t in args.threads.split(",")):
             torch.set_num_threads(threads)
-            for side in ("fedw2v", "trainer"):  # warm-up: one step each, untimed
+            for side in sides:  # warm-up: one step each, untimed
                 run_one(side, "fp32", setup, args, max_steps=1)
             for r in range(args.repeat):
-                sides = [("fedw2v", p) for p in args.precisions.split(",")]
-                sides += [("trainer", p) for p in args.precisions.split(",")]
-                for side, precision in (sides if r % 2 == 0 else sides[::-1]):
+                runs = [(side, p) for side in sides for p in args.precisions.split(",")]
+                for side, precision in (runs if r % 2 == 0 else runs[::-1]):
                     row = run_one(side, precision, setup, args)
                     row.update(model=name, threads=threads, repeat=r)
                     results.append(row)
