@@ -4,8 +4,12 @@
 the wav2vec2 encoder and 1e-3 for the CTC head, NewBob annealing on the dev loss (factors 0.9 / 0.8, threshold
 0.0025), gradient-norm clip 5, fp32, the whole model trained, 20 epochs, batches of 4, utterances of 0.1-10 s.
 Every piece is an option of `TrainConfig` (optimizer, learning rates, warm-up, frozen feature encoder,
-gradient accumulation, autocast and gradient checkpointing on CUDA), so a recipe that learns a random-init
-model from scratch (`TINY_RECIPE`) is the same code.
+gradient accumulation, bf16/fp16 autocast and gradient checkpointing on CUDA, bf16 autocast on CPUs with bf16
+instructions), so a recipe that learns a random-init model from scratch (`TINY_RECIPE`) is the same code.
+
+Its parts: `train_loader` (the data: cached audio, length buckets, padding), `Stepper` (the optimizer, the
+learning rates and one step: accumulate, clip, scale, skip) and `_Run` (an epoch, and its end: dev loss,
+NewBob). The fp32 default computes bit for bit what the loop did before it was split (tests/test_train_numerics).
 
 It builds nothing and writes nothing: the caller owns the model (the federated clients load weights into one
 model object per process and call this for each round). The optimizer and the schedules start fresh on every
@@ -303,9 +307,7 @@ def local_train(
     checkpoint: its optimizer tensors are the live ones, so save it before returning). ``resume``: such a state,
     with ``model`` holding the weights of that moment; training goes on from the next epoch and ends with the
     same weights as a run that never stopped. The model stays on the training device in train mode afterwards.
-    Nothing is written to disk here. `fedw2v.device.resolve_precision` decides the precision (bf16 on the CPU
-    only where it has bf16 instructions: EnvironmentProblem elsewhere).
-    """
+    Nothing is written to disk. bf16 on the CPU: `fedw2v.device.resolve_precision`."""
     import torch
 
     from fedw2v.batching import filter_by_duration
