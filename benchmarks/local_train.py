@@ -27,6 +27,10 @@ ratio against Trainer fp32 in the same repeat (median over repeats).
     .venv/bin/python benchmarks/local_train.py [--manifest demo/clients.parquet] [--threads 1,2] [--repeat 2]
         [--models tiny-pretrained,base] [--precisions fp32,bf16] [--json out.json]
 
+``--profile`` instead breaks one epoch of fedw2v's training into its phases (audio read, collation, forward,
+backward, clip + optimizer step; CPU seconds, through `fedw2v.train`'s own pieces) and lists the operators that
+took the most time in its first batches (torch.profiler).
+
 Goal (issue 6): fedw2v >= 1.2x Trainer's fp32 throughput.
 """
 
@@ -71,6 +75,7 @@ def main() -> None:
     ap.add_argument("--base-epochs", type=int, default=1)
     ap.add_argument("--sides", default="fedw2v,trainer", help="what to run (%(default)s)")
     ap.add_argument("--trainer-optim", default="adamw_torch_fused")
+    ap.add_argument("--profile", action="store_true", help="phases of one fedw2v epoch instead (see above)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
 
@@ -82,7 +87,7 @@ def main() -> None:
     if not args.manifest.is_file():
         raise SystemExit(f"{args.manifest}: no such manifest (run `make demo`, or pass --manifest)")
     sides = args.sides.split(",")
-    if "trainer" in sides:
+    if "trainer" in sides and not args.profile:
         try:
             import accelerate  # noqa: F401 -- transformers.Trainer needs it
         except ImportError:
@@ -95,6 +100,13 @@ def main() -> None:
     results = []
     for name in args.models.split(","):
         setup = make_setup(name, utts, args)
+        if args.profile:
+            for threads in (int(t) for t in args.threads.split(",")):
+                torch.set_num_threads(threads)
+                for precision in args.precisions.split(","):
+                    print(f"== {name}, {threads} thread(s), {precision}: one epoch of fedw2v, by phase")
+                    print(profile(setup, precision, args))
+            continue
         print(f"== {name}: {len(setup.utterances)} utterances, "
               f"{sum(len(a) for a in setup.audio) / SR:.0f} s of audio, {setup.epochs} epochs, batch {args.batch}")
         for threads in (int(t) for t in args.threads.split(",")):
@@ -108,6 +120,8 @@ def main() -> None:
                     row.update(model=name, threads=threads, repeat=r)
                     results.append(row)
                     print(json.dumps(row), flush=True)
+    if args.profile:
+        return
     table = summarise(results)
     print(table)
     if args.json:
@@ -215,6 +229,56 @@ def run_trainer(model, precision: str, setup: Setup, args, max_steps: int | None
         seconds = time.perf_counter() - t
     assert max_steps is not None or sum(len(b) for b in seen) == len(data) * setup.epochs
     return seconds, padded_fraction(seen)
+
+
+def profile(setup: Setup, precision: str, args, op_batches: int = 6) -> str:
+    """CPU seconds per phase of one epoch (`train_loader`, `Stepper`: what `local_train` runs), then the top
+    operators of the first ``op_batches`` batches."""
+    import numpy as np
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from fedw2v.train import Stepper, train_loader
+
+    model = copy.deepcopy(setup.model)
+    config = fedw2v_config(precision, setup, args)
+    torch.set_flush_denormal(True)
+    phases = dict.fromkeys(("audio read + labels", "collation", "forward", "backward", "clip + optimizer"), 0.0)
+    t = time.process_time()
+    loader, sampler = train_loader(model, setup.processor, setup.utterances, config)
+    phases["audio read + labels"] = time.process_time() - t
+    stepper = Stepper(model, config, "cpu", precision)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    model.train()
+    batches = iter(loader)
+    for b in range(len(sampler)):
+        marks = [time.process_time()]
+        batch = next(batches)
+        batch.pop("audio_seconds")
+        marks.append(time.process_time())
+        loss = stepper.loss(model, batch)
+        marks.append(time.process_time())
+        stepper.accumulate(loss)
+        marks.append(time.process_time())
+        stepper.step(b)
+        marks.append(time.process_time())
+        for name, a, z in zip(list(phases)[1:], marks, marks[1:]):
+            phases[name] += z - a
+    total = sum(phases.values())
+    lines = ["| phase | CPU s | share |", "|---|---|---|"]
+    lines += [f"| {name} | {sec:.2f} | {sec / total:.1%} |" for name, sec in phases.items()]
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for b, batch in zip(range(op_batches), loader):
+            batch.pop("audio_seconds")
+            stepper.accumulate(stepper.loss(model, batch))
+            stepper.step(b)
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    ops_total = sum(e.self_cpu_time_total for e in ops)
+    lines += ["", f"| operator (first {op_batches} batches) | self CPU share | calls |", "|---|---|---|"]
+    lines += [f"| {e.key} | {e.self_cpu_time_total / ops_total:.1%} | {e.count} |" for e in ops[:10]]
+    return "\n".join(lines)
 
 
 def padded_fraction(batches: list[list[int]]) -> float:

@@ -55,6 +55,12 @@ def test_local_train_benchmark_runs_fedw2v_and_trainer_side_by_side(asr_corpus, 
     if not has_trainer:
         res = _bench("local_train.py", "--manifest", str(asr_corpus[1]), "--sides", "trainer")
         assert res.returncode == 1 and "needs the accelerate package" in res.stderr
+    res = _bench("local_train.py", "--manifest", str(asr_corpus[1]), "--models", "tiny-pretrained", "--threads", "1",
+                 "--precisions", "fp32", "--batch", "3", "--profile")
+    assert res.returncode == 0, res.stderr[-3000:]
+    for phase in ("audio read + labels", "collation", "forward", "backward", "clip + optimizer"):
+        assert f"| {phase} |" in res.stdout
+    assert "aten::" in res.stdout
 
 
 def test_cpu_bf16_benchmark_compares_error_rates_after_the_same_steps(asr_corpus, tmp_path):
