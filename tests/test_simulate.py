@@ -112,7 +112,22 @@ def test_sigkill_after_round_2_then_resume_equals_an_uninterrupted_run(fl_client
     fits = [e for e in eb if e["event"] == "fit"]
     assert fits and all(e["error"] is None for e in fits)
     assert max(e["worker_builds"] for e in fits) == 1  # each worker built its model once
+    assert {e["worker_threads"] for e in fits} == {1}  # --cpus-per-client 1
     assert (b / "plots" / "wer.png").is_file()
+
+
+def test_a_client_in_a_ray_worker_trains_with_exactly_cpus_per_client_torch_threads(fl_clients, tmp_path):
+    """Ray sets OMP_NUM_THREADS to an actor's cores only when the process has none: here the command inherits
+    OMP_NUM_THREADS=1, and the clients still train with --cpus-per-client 2 threads (capped at the cores)."""
+    env = _env(tmp_path)
+    env["OMP_NUM_THREADS"] = "1"
+    run = tmp_path / "runs" / "threads"
+    out = _run(_args(fl_clients, run, "--rounds", "1", "--clients-per-round", "2", "--local-steps", "1",
+                     "--cpus-per-client", "2", "--eval-every", "2"), env)
+    assert out.returncode == 0, out.stdout[-3000:]
+    fits = [e for e in runs.read_metrics(run) if e.get("event") == "fit"]
+    assert len(fits) == 2 and all(e["error"] is None for e in fits)
+    assert {e["worker_threads"] for e in fits} == {min(2, os.cpu_count() or 1)}
 
 
 def test_resume_with_other_options_is_refused_naming_them(fl_clients, tmp_path):

@@ -246,6 +246,8 @@ class Server:
         status = content["status"]
         metrics = {k.replace("-", "_"): v for k, v in dict(content["metrics"]).items()}
         metrics["worker_builds"] = int(status["builds"])
+        if "threads" in status:
+            metrics["worker_threads"] = int(status["threads"])  # torch threads it trained with
         if status["error"]:
             return {"error": str(status["error"]), "metrics": metrics, "arrays": None}
         arrays = arrays_from_record(content["arrays"])
