@@ -17,9 +17,11 @@ from typer.core import TyperGroup
 
 from fedw2v import __version__
 from fedw2v.cli_options import build, config_or_usage_error, declared
+from fedw2v.config.decode import DecodeConfig
 from fedw2v.config.simulate import SimulateConfig
 from fedw2v.config.train import ALLOW_PICKLE_HELP, MODEL_HELP, TrainConfig, TrainRunConfig
 from fedw2v.evaluate import EvaluateConfig
+from fedw2v.lm.build import LmBuildConfig
 from fedw2v.transcribe import TranscribeConfig
 from fedw2v.device import DEVICE_HELP
 from fedw2v.errors import InputError, UsageError, exit_code_for, format_error
@@ -309,7 +311,7 @@ def train(
 
 
 @app.command()
-@declared(EvaluateConfig)
+@declared(EvaluateConfig, DecodeConfig)
 def evaluate(
     model: Annotated[str, typer.Argument(metavar="MODEL", help=MODEL_HELP)],
     manifest_path: Annotated[
@@ -336,6 +338,7 @@ def evaluate(
     """Decode a whole corpus split (no length filter) and score it: WER and CER, optionally per speaker."""
     import json
 
+    from fedw2v import beam
     from fedw2v import evaluate as ev
     from fedw2v import manifest
     from fedw2v.model import load_model
@@ -343,7 +346,10 @@ def evaluate(
     from fedw2v.ui.render import evaluate_table, speaker_table
 
     config = build(EvaluateConfig, options)
+    decode = build(DecodeConfig, options)
     if participation:
+        if decode.beam:
+            raise UsageError("--participation scores greedy decoding; --decoder beam does not apply")
         _evaluate_participation(model, manifest_path, rounds, plot, config.device, json_out)
         return
     if manifest_path is None:
@@ -352,11 +358,14 @@ def evaluate(
         raise UsageError(f"--by must be speaker, not {by!r}")
     source = manifest.read(manifest_path)
     ev.split_rows(source, config.split)  # fail before loading the model
+    files = beam.prepare(decode)
     loaded = load_model(model, allow_pickle=allow_pickle)
     if not json_out:
         _say_model(loaded)
+    search = _beam_search(files, decode, loaded, quiet=json_out, weights=False)
     with progress_bar(f"decoding {config.split}") as update:
-        result = ev.evaluate(source, loaded.model, loaded.processor, config, str(loaded.source), progress=update)
+        result = ev.evaluate(source, loaded.model, loaded.processor, config, str(loaded.source), progress=update,
+                             search=search, decode=decode, say=None if json_out else _say)
     if out is not None:
         ev.write_hypotheses(result, out)
     if json_out:
@@ -366,7 +375,7 @@ def evaluate(
     if by == "speaker":
         console.print(speaker_table(result))
     if out is not None:
-        console.print(f"wrote {result.hypotheses.num_rows} hypotheses to {out}")
+        console.print(f"wrote {result.all_hypotheses().num_rows} hypotheses to {out}")
 
 
 def _evaluate_participation(run: str, manifest_path: Path | None, rounds: str, plot: Path | None, device: str,
@@ -392,53 +401,74 @@ def _evaluate_participation(run: str, manifest_path: Path | None, rounds: str, p
 
 
 @app.command()
-@declared(TranscribeConfig)
+@declared(TranscribeConfig, DecodeConfig)
 def transcribe(
-    audio: Annotated[list[Path], typer.Argument(metavar="AUDIO...", help="Audio files (wav, flac, ogg, mp3, sph, …).")],
+    audio: Annotated[list[Path], typer.Argument(metavar="AUDIO...", help="Audio files (wav, flac, ogg, mp3, sph, …).",
+                                                readable=False)],
     model: ModelOpt = None,
     out: Annotated[Path | None, typer.Option("--out", help="Write one file per input here instead of printing.")] = None,
     allow_pickle: AllowPickle = False,
     **options: Any,
 ) -> None:
     """Transcribe audio files with a CTC model (default: the newest run's latest checkpoint)."""
-    import json
-
+    from fedw2v import beam
     from fedw2v import transcribe as tx
-    from fedw2v.ui.console import err_console
     from fedw2v.decode import Decoder
-    from fedw2v.model import default_source, load_model
     from fedw2v.device import resolve_device
+    from fedw2v.model import default_source, load_model
 
     config = build(TranscribeConfig, options)
+    decode = build(DecodeConfig, options)
     if out is not None and out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a directory")
+    files = beam.prepare(decode)
     loaded = load_model(model if model else default_source(), allow_pickle=allow_pickle)
     _say_model(loaded)
+    search = _beam_search(files, decode, loaded)
     decoder = Decoder(loaded.model, loaded.processor, resolve_device(config.device))
-    writer = tx.OutputDir(out, config.format) if out is not None else None
-    several = len(audio) > 1
-
-    def emit(item: Any) -> None:
-        if isinstance(item, tx.FileFailure):
-            err_console.print(f"error: {item.error}", markup=False, soft_wrap=True)
-        elif writer is not None:
-            target = writer.write(item.file, tx.render(item, config.format, str(loaded.source)))
-            err_console.print(f"{item.file} -> {target}", markup=False, soft_wrap=True)
-        elif config.format != "json":  # json without --out: one document for all files, printed at the end
-            typer.echo((f"==> {item.file} <==\n" if several else "")
-                       + tx.render(item, config.format, str(loaded.source)) + ("\n" if several else ""), nl=False)
-
-    results = tx.transcribe_files(audio, decoder, config, on_result=emit)
-    failed = [r for r in results if isinstance(r, tx.FileFailure)]
-    if config.format == "json" and out is None:
-        typer.echo(json.dumps({
-            "model": str(loaded.source),
-            "files": [r.to_dict() for r in results if isinstance(r, tx.FileResult)],
-            "errors": [r.to_dict() for r in failed],
-        }, ensure_ascii=False))  # fmt: skip
+    failed = tx.run(audio, decoder, config, out, str(loaded.source), echo=lambda text: typer.echo(text, nl=False),
+                    say=_say, beam=search)
     if failed:
-        err_console.print(f"{len(failed)} of {len(results)} files failed", markup=False)
         raise typer.Exit(1)
+
+
+def _say(line: str) -> None:
+    from fedw2v.ui.console import err_console
+
+    err_console.print(line, markup=False, soft_wrap=True)
+
+
+def _beam_search(files: Any, decode: DecodeConfig, loaded: Any, quiet: bool = False, weights: bool = True) -> Any:
+    """The loaded beam search for --decoder beam (None for greedy); says how it decodes."""
+    from fedw2v.beam import for_model, summary
+
+    search = for_model(files, decode, loaded)
+    for line in ([] if quiet or search is None else [summary(search, weights), *search.notes]):
+        _say(line)
+    return search
+
+
+lm_app = typer.Typer(help="N-gram language models for `--decoder beam`.", no_args_is_help=True)
+app.add_typer(lm_app, name="lm")
+
+
+@lm_app.command("build")
+@declared(LmBuildConfig)
+def lm_build(
+    sources: Annotated[list[Path], typer.Argument(
+        metavar="SOURCE...", readable=False,
+        help="A manifest (its train split's text only) or text files with one sentence per line (.gz too).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="LM directory to write (lm.arpa, lexicon.txt, …).")],
+    **options: Any,
+) -> None:
+    """Build a Kneser-Ney n-gram LM (ARPA) and a lexicon from text, for `transcribe`/`evaluate --decoder beam`."""
+    from fedw2v.lm import build as lm_stage
+    from fedw2v.ui.console import console
+    from fedw2v.ui.render import lm_build_lines
+
+    result = lm_stage.build(sources, out, build(LmBuildConfig, options))
+    for line in lm_build_lines(result):
+        console.print(line, markup=False, soft_wrap=True)
 
 
 @app.command()
