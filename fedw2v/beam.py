@@ -131,12 +131,12 @@ def _kenlm_reason(message: str, path: Path) -> str:
 
     lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
     reason = lines[1] if len(lines) > 1 else (lines[0] if lines else "unknown error")
-    match = re.search(r"Byte: (\d+)", message)
-    if match:
+    match = re.search(r"\s*(?:at )?[Bb]yte:? (\d+)\.?", reason)
+    if match:  # KenLM counts bytes up to the end of the line it read: the line is the one before that byte
         try:
             with open(path, "rb") as fh:
-                line = fh.read(int(match.group(1))).count(b"\n") + 1
-            reason = re.sub(r"\s*Byte: \d+\.?", "", reason) + f" (line {line})"
+                line = fh.read(max(0, int(match.group(1)) - 1)).count(b"\n") + 1
+            reason = reason[: match.start()] + reason[match.end():] + f" (line {line})"
         except OSError:
             pass
     return reason
