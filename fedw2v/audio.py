@@ -203,5 +203,7 @@ def _read_librosa(path: Path):
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror  # "Permission denied", without the errno and the path said already
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__) or type(exc).__name__

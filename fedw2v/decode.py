@@ -224,9 +224,11 @@ def stitch_stream(
         pending.clear()
 
     for item in chunks:
-        if pending and (len(item[1]) != len(pending[0][1]) or len(pending) >= max_batch_chunks):
+        if pending and len(item[1]) != len(pending[0][1]):
             yield from flush()
         pending.append(item)
+        if len(pending) >= max_batch_chunks:  # full: decode now, before reading on
+            yield from flush()
     if pending:
         yield from flush()
 
