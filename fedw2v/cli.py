@@ -338,19 +338,15 @@ def evaluate(
     """Decode a whole corpus split (no length filter) and score it: WER and CER, optionally per speaker."""
     import json
 
-    from fedw2v import beam
+    from fedw2v import beam, manifest
     from fedw2v import evaluate as ev
-    from fedw2v import manifest
     from fedw2v.model import load_model
     from fedw2v.ui.console import console, progress_bar
     from fedw2v.ui.render import evaluate_table, speaker_table
 
-    config = build(EvaluateConfig, options)
-    decode = build(DecodeConfig, options)
+    config, decode = build(EvaluateConfig, options), build(DecodeConfig, options)
     if participation:
-        if decode.beam:
-            raise UsageError("--participation scores greedy decoding; --decoder beam does not apply")
-        _evaluate_participation(model, manifest_path, rounds, plot, config.device, json_out)
+        _evaluate_participation(model, manifest_path, rounds, plot, config.device, json_out, decode.beam)
         return
     if manifest_path is None:
         raise UsageError("--manifest is required (except with --participation)")
@@ -379,13 +375,15 @@ def evaluate(
 
 
 def _evaluate_participation(run: str, manifest_path: Path | None, rounds: str, plot: Path | None, device: str,
-                            json_out: bool) -> None:
+                            json_out: bool, beam: bool = False) -> None:
     import json
 
     from fedw2v import participation as part
     from fedw2v.ui.console import console, progress_bar
     from fedw2v.ui.render import participation_table
 
+    if beam:
+        raise UsageError("--participation scores greedy decoding; --decoder beam does not apply")
     wanted = list(_rounds(rounds, "--rounds"))
     with progress_bar("scoring checkpoints") as update:
         report = part.analyse(run, manifest_path, wanted or None, device,
