@@ -143,6 +143,8 @@ def test_decode_options_are_checked():
                            ({"decoder": "beam", "lm_weight": float("nan")}, "--lm-weight must be a finite"),
                            ({"decoder": "beam", "lexicon_free": True, "lexicon": "x"}, "--lexicon-free"),
                            ({"decoder": "beam", "lexicon_free": True, "word_score": 1.0}, "--word-score"),
+                           ({"decoder": "beam", "word_score": 1.0}, "--word-score applies to lexicon decoding"),
+                           ({"decoder": "beam", "lexicon": "x", "lm_weight": 1.0}, "--lm-weight needs a language"),
                            ({"decoder": "sideways"}, "--decoder must be one of")):  # fmt: skip
         with pytest.raises(ValueError, match=needle):
             DecodeConfig(**kwargs)

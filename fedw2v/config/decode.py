@@ -57,8 +57,11 @@ class DecodeConfig:
                 raise ValueError(f"{flag} must be a finite number, not {value}")
         if self.lexicon_free and self.lexicon is not None:
             raise ValueError("--lexicon-free decodes without a lexicon; drop --lexicon or --lexicon-free")
-        if self.lexicon_free and self.word_score is not None:
-            raise ValueError("--word-score applies to lexicon decoding; --lexicon-free has no words to score")
+        if self.word_score is not None and (self.lexicon_free or (self.lm is None and self.lexicon is None)):
+            raise ValueError("--word-score applies to lexicon decoding (--lm DIR or --lexicon); without a lexicon "
+                             "there are no words to score")
+        if self.lm_weight is not None and self.lm is None:
+            raise ValueError("--lm-weight needs a language model (--lm)")
 
     @property
     def beam(self) -> bool:
