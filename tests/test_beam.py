@@ -53,16 +53,22 @@ def search_for(lm_dir, **kw) -> beam.BeamSearch:
     return beam.BeamSearch.load(beam.resolve_files(config), config, V, FRAME_S)
 
 
-def test_lexicon_and_lm_fix_what_greedy_misspells_and_time_the_words(lm_dir):
+def test_lexicon_and_lm_fix_what_greedy_misspells_and_time_the_words(lm_dir, tmp_path):
     e = emissions("the cat sat", confusions={6: "d"})  # greedy hears "cad"
     assert text_and_words(e.argmax(axis=1), V, FRAME_S)[0] == "the cad sat"
     text, words = search_for(lm_dir).decode(e)
     assert text == "the cat sat"
     # character k of the text has frames 1 + 3k and 2 + 3k: "the" = characters 0-2, "cat" 4-6, "sat" 8-10
-    assert [(w.word, w.start, w.end) for w in words] == [
-        ("the", 0.02, round(9 * FRAME_S, 3)), ("cat", round(13 * FRAME_S, 3), round(21 * FRAME_S, 3)),
-        ("sat", round(25 * FRAME_S, 3), round(33 * FRAME_S, 3)),
-    ]
+    expected = [("the", 0.02, round(9 * FRAME_S, 3)), ("cat", round(13 * FRAME_S, 3), round(21 * FRAME_S, 3)),
+                ("sat", round(25 * FRAME_S, 3), round(33 * FRAME_S, 3))]
+    assert [(w.word, w.start, w.end) for w in words] == expected
+    # spellings without the separator: a word is complete on the first frame of its last character, and the
+    # search, back at the lexicon root, may not repeat that character: a word may end one frame earlier
+    bare = tmp_path / "bare.txt"
+    bare.write_text("".join(line.replace(" |", "") + "\n" for line in (lm_dir / "lexicon.txt").read_text().splitlines()))
+    text, words = search_for(lm_dir, lexicon=str(bare)).decode(e)
+    assert text == "the cat sat" and [(w.word, w.start) for w in words] == [(w, a) for w, a, _ in expected]
+    assert all(b - FRAME_S - 1e-9 <= w.end <= b for w, (_, _, b) in zip(words, expected)), words
 
 
 def test_a_long_input_streamed_with_pruning_equals_one_pass(lm_dir, monkeypatch):
