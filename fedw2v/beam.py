@@ -356,12 +356,17 @@ def summary(search: BeamSearch, weights: bool = True) -> str:
     return f"decoder: beam search, size {d['beam_size']}, {what}, {lm}"
 
 
-def for_model(files: LmFiles | None, config: DecodeConfig, loaded: Any) -> BeamSearch | None:
-    """The beam search for a loaded model (`fedw2v.model.LoadedModel`), or None when ``files`` is (greedy)."""
+def for_model(files: LmFiles | None, config: DecodeConfig, loaded: Any, say: Any = None,
+              weights: bool = True) -> BeamSearch | None:
+    """The beam search for a loaded model (`fedw2v.model.LoadedModel`), or None when ``files`` is (greedy);
+    ``say`` gets its `summary` (with the weights if ``weights``) and what loading noted."""
     if files is None:
         return None
     from fedw2v.model import frame_seconds
 
     vocab = Vocab.from_tokenizer(loaded.processor.tokenizer)
     rate = loaded.processor.feature_extractor.sampling_rate
-    return BeamSearch.load(files, config, vocab, frame_seconds(loaded.model.config, rate))
+    search = BeamSearch.load(files, config, vocab, frame_seconds(loaded.model.config, rate))
+    for line in [summary(search, weights), *search.notes] if say is not None else []:
+        say(line)
+    return search

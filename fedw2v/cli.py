@@ -16,12 +16,14 @@ import typer
 from typer.core import TyperGroup
 
 from fedw2v import __version__
+from fedw2v.cli_lm import lm_app
 from fedw2v.cli_options import build, config_or_usage_error, declared
 from fedw2v.config.decode import DecodeConfig
+from fedw2v.config.footprint import FootprintConfig
 from fedw2v.config.simulate import SimulateConfig
 from fedw2v.config.train import ALLOW_PICKLE_HELP, MODEL_HELP, TrainConfig, TrainRunConfig
 from fedw2v.evaluate import EvaluateConfig
-from fedw2v.lm.build import LmBuildConfig
+from fedw2v.partition import PartitionConfig
 from fedw2v.transcribe import TranscribeConfig
 from fedw2v.device import DEVICE_HELP
 from fedw2v.errors import InputError, UsageError, exit_code_for, format_error
@@ -54,6 +56,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+app.add_typer(lm_app, name="lm")
+
 # Typed parameters declared once and reused by the commands.
 ManifestOut = Annotated[Path, typer.Option("--output", "-o", help="Manifest file to write (Parquet).", dir_okay=False)]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed (same seed, same result).")]
@@ -78,14 +82,6 @@ def _root(
 
 def _csv(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
-
-
-def _rounds(value: str, option: str) -> tuple[int, ...]:
-    """Comma-separated round numbers (empty: none); UsageError naming ``option`` otherwise."""
-    try:
-        return tuple(int(r) for r in _csv(value))
-    except ValueError:
-        raise UsageError(f"{option} must be comma-separated round numbers, not {value!r}") from None
 
 
 @app.command()
@@ -180,35 +176,11 @@ def prepare(
 
 
 @app.command()
+@declared(PartitionConfig)
 def partition(
     ctx: typer.Context,
     manifest_path: Annotated[Path, typer.Argument(metavar="MANIFEST", help="Manifest made by `fedw2v prepare`.")],
     output: ManifestOut,
-    scheme: Annotated[
-        str, typer.Option(help="speaker (the paper: one client per speaker) | iid | dirichlet.")
-    ] = "speaker",
-    num_clients: Annotated[
-        int | None, typer.Option("--num-clients", help="Number of clients (iid, dirichlet).")
-    ] = None,
-    alpha: Annotated[
-        float, typer.Option(help="Dirichlet concentration (dirichlet): small = unequal clients, large = near iid.")
-    ] = 0.5,
-    unit: Annotated[
-        str, typer.Option(help="What iid/dirichlet deal to clients: speaker (whole speakers) | utterance.")
-    ] = "speaker",
-    local_split: Annotated[
-        str, typer.Option("--local-split", help="Each client's local train,dev,test fractions.")
-    ] = "0.8,0.1,0.1",
-    holdout_minutes: Annotated[
-        float, typer.Option(help="Minutes of local train held out (never trained on) per client; 0: none.")
-    ] = 5.0,
-    holdout_min_minutes: Annotated[
-        float, typer.Option(help="Only clients with more speech than this many minutes get a holdout.")
-    ] = 10.0,
-    max_clients: Annotated[
-        int | None, typer.Option("--max-clients", help="Keep only the K clients with the most speech.")
-    ] = None,
-    seed: Seed = 0,
     from_lists: Annotated[
         Path | None,
         typer.Option("--from-lists", help="Import the authors' client lists (DIR/client_<k>/ted_*.csv) instead."),
@@ -219,14 +191,33 @@ def partition(
     plot: Annotated[
         Path | None, typer.Option("--plot", help="Also write a PNG histogram of minutes per client.", dir_okay=False)
     ] = None,
+    **options: Any,
 ) -> None:
     """Split the corpus train utterances into federated clients with local train/dev/test/holdout splits."""
+    from fedw2v.partition import run as partition_run
+    from fedw2v.ui.console import console, err_console
+    from fedw2v.ui.render import import_warnings, partition_table
+
+    config = _partition_config(ctx, options, from_lists, duplicates)
+    if plot is not None and (plot.suffix.lower() != ".png" or plot.is_dir()):
+        raise UsageError(f"--plot {plot}: must be a .png file path")
+    result = partition_run.run(manifest_path, output, config, options["max_clients"], plot)
+    for line in import_warnings(result.imported, manifest_path) if from_lists is not None else []:
+        err_console.print(line, markup=False, soft_wrap=True)
+    console.print(partition_table(result))
+    console.print(
+        f"wrote {result.stats.clients} clients ({result.table.num_rows} utterances) to {output}"
+        + (f"; histogram {plot}" if plot is not None else ""),
+        soft_wrap=True,
+    )
+
+
+def _partition_config(ctx: typer.Context, options: dict[str, Any], from_lists: Path | None, duplicates: str) -> Any:
+    """A scheme's PartitionConfig, or the lists to import; options that do not apply are refused, naming them."""
     from click.core import ParameterSource
 
     from fedw2v import partition as part
-    from fedw2v import partition_run
-    from fedw2v.ui.console import console, err_console
-    from fedw2v.ui.render import import_warnings, partition_table
+    from fedw2v.partition.run import ListsImport
 
     def given(*names: str) -> list[str]:
         return [
@@ -240,31 +231,14 @@ def partition(
             raise UsageError(f"--from-lists imports the authors' clients as they are; {', '.join(clash)} do not apply")
         if duplicates not in part.DUPLICATE_POLICIES:
             raise UsageError(f"--duplicates must be one of {', '.join(part.DUPLICATE_POLICIES)}, not {duplicates!r}")
-        config: Any = partition_run.ListsImport(from_lists, duplicates)
-    else:
-        if given("duplicates"):
-            raise UsageError("--duplicates applies to --from-lists only")
-        if scheme != "dirichlet" and given("alpha"):
-            raise UsageError("--alpha applies to --scheme dirichlet only")
-        if scheme == "speaker" and given("unit"):
-            raise UsageError("--unit applies to --scheme iid and dirichlet only")
-        fractions = config_or_usage_error(part.parse_local_split, local_split)
-        config = config_or_usage_error(
-            part.PartitionConfig, scheme=scheme, num_clients=num_clients, alpha=alpha, unit=unit,
-            local_split=fractions, holdout_minutes=holdout_minutes, holdout_min_minutes=holdout_min_minutes,
-            max_clients=max_clients, seed=seed,
-        )  # fmt: skip
-    if plot is not None and (plot.suffix.lower() != ".png" or plot.is_dir()):
-        raise UsageError(f"--plot {plot}: must be a .png file path")
-    result = partition_run.run(manifest_path, output, config, max_clients, plot)
-    for line in import_warnings(result.imported, manifest_path) if from_lists is not None else []:
-        err_console.print(line, markup=False, soft_wrap=True)
-    console.print(partition_table(result))
-    console.print(
-        f"wrote {result.stats.clients} clients ({result.table.num_rows} utterances) to {output}"
-        + (f"; histogram {plot}" if plot is not None else ""),
-        soft_wrap=True,
-    )
+        return ListsImport(from_lists, duplicates)
+    if given("duplicates"):
+        raise UsageError("--duplicates applies to --from-lists only")
+    if options["scheme"] != "dirichlet" and given("alpha"):
+        raise UsageError("--alpha applies to --scheme dirichlet only")
+    if options["scheme"] == "speaker" and given("unit"):
+        raise UsageError("--unit applies to --scheme iid and dirichlet only")
+    return build(PartitionConfig, options)
 
 
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help=MODEL_HELP)]
@@ -342,7 +316,7 @@ def evaluate(
     from fedw2v import evaluate as ev
     from fedw2v.model import load_model
     from fedw2v.ui.console import console, progress_bar
-    from fedw2v.ui.render import evaluate_table, speaker_table
+    from fedw2v.ui.render import evaluate_report
 
     config, decode = build(EvaluateConfig, options), build(DecodeConfig, options)
     if participation:
@@ -358,7 +332,7 @@ def evaluate(
     loaded = load_model(model, allow_pickle=allow_pickle)
     if not json_out:
         _say_model(loaded)
-    search = _beam_search(files, decode, loaded, quiet=json_out, weights=False)
+    search = beam.for_model(files, decode, loaded, say=None if json_out else _say, weights=False)
     with progress_bar(f"decoding {config.split}") as update:
         result = ev.evaluate(source, loaded.model, loaded.processor, config, str(loaded.source), progress=update,
                              search=search, decode=decode, say=None if json_out else _say)
@@ -367,11 +341,8 @@ def evaluate(
     if json_out:
         typer.echo(json.dumps(result.to_dict(speakers=by == "speaker")))
         return
-    console.print(evaluate_table(result))
-    if by == "speaker":
-        console.print(speaker_table(result))
-    if out is not None:
-        console.print(f"wrote {result.all_hypotheses().num_rows} hypotheses to {out}")
+    for item in evaluate_report(result, by == "speaker", out):
+        console.print(item)
 
 
 def _evaluate_participation(run: str, manifest_path: Path | None, rounds: str, plot: Path | None, device: str,
@@ -382,9 +353,11 @@ def _evaluate_participation(run: str, manifest_path: Path | None, rounds: str, p
     from fedw2v.ui.console import console, progress_bar
     from fedw2v.ui.render import participation_table
 
+    from fedw2v.config.options import parse_rounds
+
     if beam:
         raise UsageError("--participation scores greedy decoding; --decoder beam does not apply")
-    wanted = list(_rounds(rounds, "--rounds"))
+    wanted = list(config_or_usage_error(parse_rounds, rounds, "--rounds"))
     with progress_bar("scoring checkpoints") as update:
         report = part.analyse(run, manifest_path, wanted or None, device,
                               progress=lambda label, done, total: update(done, total))
@@ -422,7 +395,7 @@ def transcribe(
     files = beam.prepare(decode)
     loaded = load_model(model if model else default_source(), allow_pickle=allow_pickle)
     _say_model(loaded)
-    search = _beam_search(files, decode, loaded)
+    search = beam.for_model(files, decode, loaded, say=_say)
     decoder = Decoder(loaded.model, loaded.processor, resolve_device(config.device))
     failed = tx.run(audio, decoder, config, out, str(loaded.source), echo=lambda text: typer.echo(text, nl=False),
                     say=_say, beam=search)
@@ -434,39 +407,6 @@ def _say(line: str) -> None:
     from fedw2v.ui.console import err_console
 
     err_console.print(line, markup=False, soft_wrap=True)
-
-
-def _beam_search(files: Any, decode: DecodeConfig, loaded: Any, quiet: bool = False, weights: bool = True) -> Any:
-    """The loaded beam search for --decoder beam (None for greedy); says how it decodes."""
-    from fedw2v.beam import for_model, summary
-
-    search = for_model(files, decode, loaded)
-    for line in ([] if quiet or search is None else [summary(search, weights), *search.notes]):
-        _say(line)
-    return search
-
-
-lm_app = typer.Typer(help="N-gram language models for `--decoder beam`.", no_args_is_help=True)
-app.add_typer(lm_app, name="lm")
-
-
-@lm_app.command("build")
-@declared(LmBuildConfig)
-def lm_build(
-    sources: Annotated[list[Path], typer.Argument(
-        metavar="SOURCE...", readable=False,
-        help="A manifest (its train split's text only) or text files with one sentence per line (.gz too).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="LM directory to write (lm.arpa, lexicon.txt, …).")],
-    **options: Any,
-) -> None:
-    """Build a Kneser-Ney n-gram LM (ARPA) and a lexicon from text, for `transcribe`/`evaluate --decoder beam`."""
-    from fedw2v.lm import build as lm_stage
-    from fedw2v.ui.console import console
-    from fedw2v.ui.render import lm_build_lines
-
-    result = lm_stage.build(sources, out, build(LmBuildConfig, options))
-    for line in lm_build_lines(result):
-        console.print(line, markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -500,27 +440,9 @@ def simulate(
 
 
 @app.command()
+@declared(FootprintConfig)
 def footprint(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A federated run made by `fedw2v simulate`.")],
-    indicator: Annotated[
-        Path | None,
-        typer.Option("--indicator", help="Manifest of the indicator set (default: the run's).", dir_okay=False),
-    ] = None,
-    indicator_split: Annotated[
-        str | None, typer.Option("--indicator-split", help="Corpus split of the indicator utterances (run's: dev).")
-    ] = None,
-    indicator_utterances: Annotated[
-        int | None, typer.Option("--indicator-utterances", help="Indicator utterances used (run's: 64).")
-    ] = None,
-    rounds: Annotated[
-        str, typer.Option("--rounds", help="Comma-separated rounds to analyse (default: the run's footprint rounds).")
-    ] = "",
-    enroll_epochs: Annotated[
-        int | None, typer.Option("--enroll-epochs", help="Epochs of fine-tuning on each holdout (run's local epochs).")
-    ] = None,
-    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for the confidence intervals.")]
-    = 1000,
-    device: Device = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON only.")] = False,
     plot: Annotated[
         Path | None,
@@ -528,28 +450,22 @@ def footprint(
             "--plot", help="PNG of EER against layer (default: RUN_DIR/plots/footprint-eer.png).", dir_okay=False
         ),
     ] = None,
+    **options: Any,
 ) -> None:
     """Speaker-privacy attack on a run's client updates: EER per layer of footprint trials (REFERENCE.md §4)."""
     import json
 
-    from fedw2v import footprint as fp
-    from fedw2v.ui.console import console, err_console
     from fedw2v.plots import eer_per_layer
+    from fedw2v.privacy import attack as fp
+    from fedw2v.ui.console import console, err_console
     from fedw2v.ui.render import footprint_table
 
-    round_list = _rounds(rounds, "--rounds")
+    indicator = options.get("indicator_manifest")
     if indicator is not None and not indicator.is_file():
         raise InputError(f"--indicator {indicator}: no such manifest file")
     if plot is not None and plot.suffix.lower() != ".png":
         raise UsageError(f"--plot {plot}: must be a .png file path")
-    for name, value in (("--indicator-utterances", indicator_utterances), ("--enroll-epochs", enroll_epochs)):
-        if value is not None and value < 1:
-            raise UsageError(f"{name} must be at least 1")
-    config = config_or_usage_error(
-        fp.FootprintConfig, rounds=round_list, indicator_manifest=str(indicator.resolve()) if indicator else "",
-        indicator_split=indicator_split or "", indicator_utterances=indicator_utterances or 0,
-        enroll_epochs=enroll_epochs or 0, bootstrap=bootstrap, device=device,
-    )
+    config = build(FootprintConfig, options)
     with err_console.status("footprint analysis", spinner="dots") as status:
         live = err_console.is_terminal and not json_out
         report = fp.analyse(run_dir, config, progress=(lambda message: status.update(message)) if live else None)

@@ -52,8 +52,8 @@ def _param(f: dataclasses.Field, opt: opts.Opt, tp: Any) -> inspect.Parameter:
     names = list(opts.flags(f, opt))
     if kind is bool and opt.negative:
         names[0] = f"{names[0]}/{opt.negative}"
-    if opt.rounds:
-        kind, default = str, ",".join(str(r) for r in default)
+    if opt.rounds or opt.parse:
+        kind, default = str, ",".join(_show(v) for v in default) if isinstance(default, tuple) else default
     elif opt.path:
         kind = Path
         default = None if default in ("", None) else default
@@ -109,10 +109,9 @@ def values(cls: type, given: dict[str, Any]) -> dict[str, Any]:
             continue
         value = given[f.name]
         if opt.rounds:
-            try:
-                value = opts.parse_rounds(value, opts.flags(f, opt)[0])
-            except ValueError as exc:
-                raise UsageError(str(exc)) from None
+            value = config_or_usage_error(opts.parse_rounds, value, opts.flags(f, opt)[0])
+        elif opt.parse:
+            value = config_or_usage_error(opt.parse, value)
         elif opt.path:
             value = str(Path(value).resolve()) if opt.absolute else str(value)
         out[f.name] = value

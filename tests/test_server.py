@@ -318,12 +318,12 @@ def test_loss_and_wer_weighting_give_finite_normalised_weights(fl_clients, tmp_p
 
 
 def test_footprint_rounds_store_only_footprints_and_keep_their_checkpoints(fl_clients, tmp_path):
-    from fedw2v import footprint as fp
+    from fedw2v.privacy import store
 
     run = tmp_path / "run"
     Server(FakeGrid(), _config(fl_clients, run, rounds=3, clients_per_round=4, footprint_rounds=(2,),
                                keep_checkpoints=1, indicator_utterances=4)).run()
-    vectors, meta = fp.read_footprints(run, 2, "test")
+    vectors, meta = store.read_footprints(run, 2, "test")
     fits = [e for e in _round_events(run) if e["event"] == "fit" and e["round"] == 2 and not e["error"]]
     assert sorted(vectors) == [e["client"] for e in fits]
     layers = 1 + 3  # feature projection + the tiny model's 3 blocks
@@ -336,14 +336,14 @@ def test_footprint_rounds_store_only_footprints_and_keep_their_checkpoints(fl_cl
 
 
 def test_save_updates_keeps_the_full_client_weights(fl_clients, tmp_path):
-    from fedw2v import footprint as fp
+    from fedw2v.privacy import store
 
     run = tmp_path / "run"
     Server(FakeGrid(), _config(fl_clients, run, rounds=1, clients_per_round=2, footprint_rounds=(1,),
                                save_updates=True, indicator_utterances=2)).run()
-    saved = fp.saved_updates(run, 1)
+    saved = store.saved_updates(run, 1)
     assert len(saved) == 2
-    arrays = fp.read_update(run, 1, saved[0])
+    arrays = store.read_update(run, 1, saved[0])
     assert "lm_head.weight" in arrays and arrays["lm_head.weight"].dtype == np.float32
 
 

@@ -40,6 +40,7 @@ class Opt:
     example: Any = None  # the run-config value of a field without a default (pyproject.toml)
     resumable: bool = False  # may differ when a run is resumed
     metavar: str = ""
+    parse: Any = None  # the command line gives a string that this callable turns into the value (ValueError: bad)
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:  # noqa: A002

@@ -134,6 +134,14 @@ def evaluate_table(result: Any) -> Table:
     return table
 
 
+def evaluate_report(result: Any, speakers: bool, out: Any = None) -> list[Any]:
+    """What `fedw2v evaluate` prints: its table, the per-speaker table, where the hypotheses went."""
+    items: list[Any] = [evaluate_table(result)] + ([speaker_table(result)] if speakers else [])
+    if out is not None:
+        items.append(f"wrote {result.all_hypotheses().num_rows} hypotheses to {out}")
+    return items
+
+
 def _beam_caption(result: Any) -> str:
     b, g = result.beam or {}, result.greedy.overall
     w = b.get("weights") or {}
