@@ -76,3 +76,17 @@ def test_cpu_bf16_benchmark_compares_error_rates_after_the_same_steps(asr_corpus
     runs = json.loads(out.read_text())["runs"]
     assert sorted(r["precision"] for r in runs) == ["bf16", "fp32"] and all(r["steps"] == 1 for r in runs)
     assert all(0 <= r["cer"] for r in runs) and "bf16 speed-up by CPU time" in res.stdout
+
+
+def test_transcribe_benchmark_measures_peak_memory_of_fresh_processes():
+    """The memory part of benchmarks/transcribe.py at a small size (the speed part needs the base model)."""
+    import json
+    import os
+
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "transcribe.py"), "--no-speed", "--memory",
+                          "--memory-hours", "0.02"], capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rss = json.loads(out.stdout)["peak_rss"]
+    assert list(rss) == ["1 s", "1 min", "0.02 h"] and rss["0.02 h"]["audio_seconds"] == 72
+    assert all(100 < r["peak_rss_mb"] < 10_000 for r in rss.values())
