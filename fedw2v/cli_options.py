@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
 
 from fedw2v.config import options as opts
@@ -59,7 +60,8 @@ def _param(f: dataclasses.Field, opt: opts.Opt, tp: Any) -> inspect.Parameter:
         default = None if default in ("", None) else default
     required = default is dataclasses.MISSING
     show: bool | str = opt.shown_default or (not required and default is not None and not opt.path)
-    info = typer.Option(*names, help=help_text(f, opt), show_default=show, metavar=opt.metavar or None)
+    info = typer.Option(*names, help=help_text(f, opt), show_default=show, metavar=opt.metavar or None,
+                        click_type=OutputPath(opt.output) if opt.output else None)
     annotation = Annotated[kind if required or default is not None else kind | None, info]
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
                              default=inspect.Parameter.empty if required else default)
@@ -122,6 +124,26 @@ def build(cls: type, given: dict[str, Any], **fixed: Any) -> Any:
     """The typed config from the command-line values (`values`) and ``fixed`` ones; a broken rule of the
     config becomes a one-line usage error."""
     return config_or_usage_error(cls, **values(cls, given), **fixed)
+
+
+class OutputPath(click.ParamType):
+    """A path a command writes (``kind`` "file" or "dir"), checked when the command line is parsed
+    (`fedw2v.atomic.check_target`): an empty path, a device, FIFO or socket, or a parent that is a file is a
+    one-line usage error naming the option, before any work starts."""
+
+    name = "path"
+
+    def __init__(self, kind: str = "file") -> None:
+        self.kind = kind
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path:
+        from fedw2v.atomic import check_target
+        from fedw2v.errors import InputError
+
+        try:
+            return check_target(value, self.kind)
+        except InputError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 def config_or_usage_error(factory: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -128,7 +128,7 @@ def _load(run: Path, manifest_path: str | os.PathLike | None, rounds: list[int] 
         kept = sorted(set(rounds))
     if not kept:
         raise InputError(f"{run}: no checkpoints to score")
-    manifest = mf.read(manifest_path or config.clients_manifest)
+    manifest = mf.read(manifest_path or config.clients_manifest, allow_outside_audio=config.allow_outside_audio)
     ids = manifest.client_ids
     if not ids:
         raise InputError(f"{manifest_path or config.clients_manifest}: no clients (run `fedw2v partition`)")

@@ -120,9 +120,9 @@ def node_job(job: Any, content: Any, node_config: Mapping[str, Any], worker: Any
         return job
     check_version(content)
     data = NodeData.from_node_config(node_config)
-    worker.keep_manifest((data.manifest, data.corpus_root), data.data)
+    worker.keep_manifest((data.manifest, data.corpus_root, False), data.data)  # the node's audio: inside its root
     return replace(job, client_id=data.client_id, manifest=data.manifest, corpus_root=data.corpus_root,
-                   base_model=adopt_model(content, worker))
+                   base_model=adopt_model(content, worker), allow_outside_audio=False)
 
 
 # ---------------------------------------------------------------- the model that came with the message

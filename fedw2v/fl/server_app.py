@@ -92,8 +92,11 @@ class Server:
         self.run_dir = Path(config.run_dir)
         self.log = runs.MetricsLog(self.run_dir)
         # the data on the SuperNodes (Deployment Engine): no clients manifest here, the nodes are the clients
-        self.manifest = mf.read(config.clients_manifest) if config.clients_manifest else None
-        self.eval_manifest = mf.read(config.eval_manifest) if config.eval_manifest else self.manifest
+        outside = config.allow_outside_audio
+        self.manifest = (mf.read(config.clients_manifest, allow_outside_audio=outside) if config.clients_manifest
+                         else None)
+        self.eval_manifest = (mf.read(config.eval_manifest, allow_outside_audio=outside) if config.eval_manifest
+                              else self.manifest)
         self.client_ids = self.manifest.client_ids if self.manifest is not None else []
         if self.manifest is not None and not self.client_ids:
             raise InputError(
@@ -216,7 +219,7 @@ class Server:
         for i, cid in enumerate(clients):
             job = TrainJob(-1, r, "", "", "", self._job_train_config, self.config.seed) if on_nodes else TrainJob(
                 cid, r, self._job_manifest, self.config.corpus_root, self.base_model, self._job_train_config,
-                self.config.seed)
+                self.config.seed, self.config.allow_outside_audio)
             messages.append(Message(RecordDict({"arrays": record, "config": job.to_record(), **extra}),
                                     dst_node_id=cid if on_nodes else nodes[i % len(nodes)],
                                     message_type=MessageType.TRAIN, group_id=str(r), ttl=timeout))
@@ -267,6 +270,8 @@ class Server:
         status = content["status"]
         metrics = {k.replace("-", "_"): v for k, v in dict(content["metrics"]).items()}
         metrics["worker_builds"] = int(status["builds"])
+        if "threads" in status:
+            metrics["worker_threads"] = int(status["threads"])  # torch threads it trained with
         client = {"client_id": int(status["client-id"])}  # the client a SuperNode serves (data on the nodes)
         if status["error"]:
             return {"error": str(status["error"]), "metrics": metrics, "arrays": None, **client}
