@@ -132,7 +132,8 @@ def adopt_model(content: Any, worker: Any) -> str:
     """Build the message's model (configuration + processor files, frozen parameters) once per worker and keep
     it there; returns the key `worker.model` knows it by."""
     files = {str(k): str(v) for k, v in dict(content["model"]).items()}
-    key = "message-model:" + hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+    frozen = sorted(content["frozen"].keys())  # a model built with other parameters frozen is built again
+    key = "message-model:" + hashlib.sha256(json.dumps([files, frozen], sort_keys=True).encode()).hexdigest()[:16]
     if not worker.has_model(key):
         worker.keep_model(key, build_model(files, content["frozen"]))
     return key

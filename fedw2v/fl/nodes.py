@@ -74,12 +74,15 @@ def connected_nodes(grid: Any, needed: int, report: Callable[[dict], None], wait
         time.sleep(0.5)
 
 
-def model_files(checkpoint: str | Path) -> dict[str, str]:
-    """A checkpoint's configuration and processor files by name (everything but weights and run state)."""
-    from fedw2v import runs
+def model_files(model: Any, processor: Any) -> dict[str, str]:
+    """The model's configuration and processor files by name, as a checkpoint holds them (no weights); made
+    from memory, so they exist before the round-0 checkpoint does (the round-0 evaluation needs them)."""
+    import tempfile
 
-    return {p.name: p.read_text() for p in sorted(Path(checkpoint).iterdir())
-            if p.is_file() and p.suffix == ".json" and p.name != runs.STATE and not p.name.endswith(".index.json")}
+    with tempfile.TemporaryDirectory(prefix="fedw2v-files-") as tmp:
+        model.config.to_json_file(str(Path(tmp) / "config.json"))
+        processor.save_pretrained(tmp)
+        return {p.name: p.read_text() for p in sorted(Path(tmp).iterdir()) if p.is_file() and p.suffix == ".json"}
 
 
 class NodeFederation:
@@ -90,27 +93,29 @@ class NodeFederation:
                  report: Callable[[dict], None]):
         self.grid, self.config, self.base_model, self.emit, self.report = grid, config, base_model, emit, report
         self.client_of: dict[int, int] = {}  # node id -> the client id it reported last
-        self._payload: dict[str, Any] | None = None
+        self._payload: tuple[tuple[str, ...], dict[str, Any]] | None = None
 
     def sampler(self) -> NodeSampler:
         return NodeSampler(self.grid, self.config.clients_per_round, self.config.seed,
                            self.config.min_nodes or self.config.required_successes, self.report)
 
-    def payload(self, model: Any) -> dict[str, Any]:
-        """The records every message carries besides the trainable weights (built once: the frozen parameters
-        and the files never change during a run)."""
-        if self._payload is None:
+    def payload(self, lm: Any) -> dict[str, Any]:
+        """The records every message carries besides the trainable weights: the files and the parameters that do
+        not train now (built again only when that set changes: the feature encoder is frozen after the round-0
+        evaluation, whose message carries every parameter as trainable)."""
+        frozen_names = tuple(name for name, p in lm.model.named_parameters() if not p.requires_grad)
+        if self._payload is None or self._payload[0] != frozen_names:
             from flwr.app import ConfigRecord
 
             from fedw2v import __version__
             from fedw2v.fl.node_data import VERSION_KEY
             from fedw2v.fl.records import record_from_arrays
 
-            frozen = {name: p for name, p in model.named_parameters() if not p.requires_grad}
-            self._payload = {"model": ConfigRecord(model_files(self.base_model)),
-                             "frozen": record_from_arrays(frozen),
-                             "node": ConfigRecord({VERSION_KEY: __version__})}
-        return self._payload
+            frozen = {name: p for name, p in lm.model.named_parameters() if not p.requires_grad}
+            self._payload = (frozen_names, {"model": ConfigRecord(model_files(lm.model, lm.processor)),
+                                            "frozen": record_from_arrays(frozen),
+                                            "node": ConfigRecord({VERSION_KEY: __version__})})
+        return self._payload[1]
 
     # ---------------------------------------------------------------- which client a node serves
 
@@ -143,7 +148,7 @@ class NodeFederation:
 
     # ---------------------------------------------------------------- federated evaluation
 
-    def ask_evaluate(self, round_: int, model: Any) -> dict[str, int]:
+    def ask_evaluate(self, round_: int, lm: Any) -> dict[str, int]:
         """Send every connected node the global model to score on its local test split; {message id: node}."""
         from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
@@ -151,10 +156,10 @@ class NodeFederation:
         from fedw2v.weights import trainable_arrays
 
         nodes = connected_nodes(self.grid, self.config.min_nodes or self.config.required_successes, self.report)
-        record = record_from_arrays(trainable_arrays(model))
+        record = record_from_arrays(trainable_arrays(lm.model))
         ttl = self.config.round_timeout or None
         messages = [Message(RecordDict({"arrays": record, "config": ConfigRecord({"round": round_}),
-                                        **self.payload(model)}), dst_node_id=n, message_type=MessageType.EVALUATE,
+                                        **self.payload(lm)}), dst_node_id=n, message_type=MessageType.EVALUATE,
                             group_id=f"evaluate-{round_}", ttl=ttl) for n in nodes]
         pushed = set(self.grid.push_messages(messages))
         return {m.metadata.message_id: n for m, n in zip(messages, nodes) if m.metadata.message_id in pushed}

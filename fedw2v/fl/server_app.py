@@ -215,7 +215,7 @@ class Server:
         timeout = self.config.round_timeout or None
         messages = []
         on_nodes = self.nodes is not None  # then `clients` are node ids, and a node finds its own data
-        extra = self.nodes.payload(lm.model) if on_nodes else {}
+        extra = self.nodes.payload(lm) if on_nodes else {}
         for i, cid in enumerate(clients):
             job = TrainJob(-1, r, "", "", "", self._job_train_config, self.config.seed) if on_nodes else TrainJob(
                 cid, r, self._job_manifest, self.config.corpus_root, self.base_model, self._job_train_config,
@@ -301,7 +301,7 @@ class Server:
         from fedw2v.train import evaluate_loss
 
         t0 = time.perf_counter()
-        asked = self.nodes.ask_evaluate(r, lm.model) if self.nodes is not None else None  # their local test splits
+        asked = self.nodes.ask_evaluate(r, lm) if self.nodes is not None else None  # their local test splits
         device = resolve_device("auto")
         result = evaluate(self.eval_manifest, lm.model, lm.processor,
                           EvaluateConfig(split=self.config.eval_split, device=device,
