@@ -179,3 +179,42 @@ def trainable_arrays_from(content):
     from fedw2v.fl.records import arrays_from_record
 
     return arrays_from_record(content["arrays"])
+
+
+def test_participation_of_a_deployment_run_comes_from_the_nodes_own_evaluations(tmp_path):
+    """`fedw2v evaluate RUN --participation` for a run whose data stayed on the nodes: no manifest to read, the
+    nodes' federated evaluations (node_evaluate events) are the scores, by how often each client took part."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from fedw2v.cli import app
+    from fedw2v.config.simulate import SimulateConfig
+    from fedw2v.participation import analyse
+
+    run = tmp_path / "run"
+    run.mkdir()
+    config = SimulateConfig(clients_manifest="", eval_manifest=str(tmp_path / "server.parquet"), run_dir=str(run),
+                            rounds=2)
+    (run / "config.json").write_text(json.dumps(config.to_dict()))
+
+    def node_eval(r, client, utts, words, errors):
+        return {"event": "node_evaluate", "round": r, "client": client, "node": 100 + client, "error": None,
+                "utterances": utts, "ref_words": words, "substitutions": errors, "deletions": 0, "insertions": 0,
+                "ref_chars": 5 * words, "char_errors": errors, "word_errors": errors}
+
+    events = [node_eval(0, 0, 2, 10, 8), node_eval(0, 1, 1, 10, 9), node_eval(0, 2, 0, 0, 0),
+              {"event": "fit", "round": 1, "client": 0, "node": 100, "error": None},
+              {"event": "fit", "round": 1, "client": 1, "node": 101, "error": "no reply within 5 s"},
+              node_eval(1, 0, 2, 10, 4), node_eval(1, 1, 1, 10, 7),
+              {"event": "node_evaluate", "round": 1, "client": None, "node": 102, "error": "gone"}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    report = analyse(run)
+    assert report.rounds == [0, 1] and report.clients_without_test == [2]
+    assert report.scores[0]["0"].wer == pytest.approx(17 / 20)  # nobody had taken part yet
+    assert report.scores[1]["1"].wer == pytest.approx(0.4) and report.scores[1]["0"].wer == pytest.approx(0.7)
+    assert report.per_client[1][0] == {"rounds_taken_part": 1, "bucket": "1", "utterances": 2, "wer": 0.4}
+    with pytest.raises(InputError, match="no federated evaluation by the SuperNodes for round.s. 2"):
+        analyse(run, rounds=[2])
+    result = CliRunner().invoke(app, ["evaluate", str(run), "--participation", "--rounds", "1"])
+    assert result.exit_code == 0, result.output
