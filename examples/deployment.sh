@@ -59,18 +59,8 @@ mapfile -t MANIFESTS < <(ls "$WORK"/participants/client-*/client.parquet)
 
 # 2. the CA (the operator keeps ca.key offline; everybody gets ca.crt), the SuperLink's certificate (server.key
 #    stays on the SuperLink's machine) and one key pair per SuperNode (node-K.key stays with participant K; the
-#    operator registers node-K.pub)
-openssl ecparam -name prime256v1 -genkey -noout -out "$PKI/ca.key" 2>/dev/null
-openssl req -x509 -new -key "$PKI/ca.key" -sha256 -days 30 -subj "/CN=fedw2v demo CA" -out "$PKI/ca.crt"
-openssl ecparam -name prime256v1 -genkey -noout -out "$PKI/server.key" 2>/dev/null
-openssl req -new -key "$PKI/server.key" -subj "/CN=127.0.0.1" -out "$PKI/server.csr"
-printf "subjectAltName=IP:127.0.0.1,DNS:localhost\n" > "$PKI/server.ext"
-openssl x509 -req -in "$PKI/server.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial -days 30 \
-    -sha256 -extfile "$PKI/server.ext" -out "$PKI/server.pem" 2>/dev/null
-for k in $(seq 0 $((NODES - 1))); do
-  rm -f "$PKI/node-$k.key" "$PKI/node-$k.key.pub"
-  ssh-keygen -q -t ecdsa -b 384 -N "" -C "fedw2v node $k" -f "$PKI/node-$k.key"
-done
+#    operator registers node-K.key.pub): examples/deployment_pki.sh
+examples/deployment_pki.sh "$PKI" "$NODES"
 
 # 3. the operator's SuperLink (TLS + SuperNode authentication) and the flwr CLI's connection to it
 cat > "$FLWR_HOME/config.toml" <<TOML
