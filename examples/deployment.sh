@@ -13,7 +13,7 @@
 #   4. `flwr run` of 2 rounds of the `tiny-pretrained` model; the server scores the corpus test split itself
 #      (eval-manifest) and asks every node to score its local test split; run directory WORK_DIR/run;
 #   5. stops every process it started, by PID (and what they started), on exit, success or not.
-# Logs: WORK_DIR/logs/. Needs openssl, ssh-keygen and the project's .venv (or fedw2v and flwr on PATH).
+# Logs and the SuperNodes' pids: WORK_DIR/logs/. Needs openssl, ssh-keygen and the project's .venv (or fedw2v and flwr on PATH).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROJECT=$PWD
@@ -85,10 +85,12 @@ done
 
 # ... and each participant's SuperNode, with only their own data
 for k in $(seq 0 $((NODES - 1))); do
+  CONFIG_VAR=NODE_CONFIG_$k CONFIG=${!CONFIG_VAR:-}  # NODE_CONFIG_K: another --node-config for node K (tests)
   setsid flower-supernode --superlink "127.0.0.1:$PORT" --root-certificates "$PKI/ca.crt" \
       --auth-supernode-private-key "$PKI/node-$k.key" --port $((PORT + 1 + k)) \
-      --node-config "manifest='${MANIFESTS[$k]}'" > "$LOGS/supernode-$k.log" 2>&1 &
+      --node-config "${CONFIG:-manifest='${MANIFESTS[$k]}'}" > "$LOGS/supernode-$k.log" 2>&1 &
   PIDS+=($!); disown
+  echo $! > "$LOGS/supernode-$k.pid"
 done
 
 # 4. the run: the server holds no client rows (clients-manifest empty), scores the corpus test split itself

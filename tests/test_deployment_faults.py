@@ -96,3 +96,58 @@ def test_an_unregistered_key_and_another_ca_are_refused(tmp_path):
     finally:
         _stop(procs)
     assert not _live(FLOWER, str(tmp_path))
+
+
+def _events(run: Path) -> list[dict]:
+    path = run / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def _wait_for(run: Path, what, script: subprocess.Popen, timeout: float) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while not any(what(e) for e in _events(run)):
+        assert script.poll() is None, "the deployment ended early"
+        assert time.monotonic() < deadline, f"waited {timeout} s"
+        time.sleep(0.5)
+    return _events(run)
+
+
+def test_a_killed_supernode_and_a_bad_manifest_leave_the_run_going(fl_clients, tmp_path):
+    """examples/deployment.sh with node 2 given a manifest that does not exist; node 0 SIGKILLed in the middle of
+    round 1 and restarted after it: round 1 completes with node 1 once the round timeout passes, node 2's
+    replies carry a one-line error in metrics.jsonl, and the restarted node 0 is sampled and trains again."""
+    from tests.test_deployment import _env
+
+    work = tmp_path / "work"
+    env = dict(_env(tmp_path / "flwr-home"), NODE_CONFIG_2=f"manifest='{tmp_path}/missing/client.parquet'")
+    run, logs = work / "run", work / "logs"
+    script = subprocess.Popen([str(ROOT / "examples" / "deployment.sh"), str(fl_clients.parent / "manifest.parquet"),
+                               str(work), "rounds=3 round-timeout=120.0 eval-every=10 min-fit-clients=1"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    restarted = []
+    try:
+        _wait_for(run, lambda e: e["event"] == "round_start" and e["round"] == 1, script, 900)
+        time.sleep(3)  # the nodes are training
+        killed = int((logs / "supernode-0.pid").read_text())
+        cmd = Path(f"/proc/{killed}/cmdline").read_bytes().decode().split("\0")[:-1]
+        os.killpg(killed, signal.SIGKILL)
+        _wait_for(run, lambda e: e["event"] == "round_end" and e["round"] == 1, script, 600)
+        restarted.append(_start(cmd, logs / "supernode-0-again.log", env))
+        out, _ = script.communicate(timeout=1200)
+        assert script.returncode == 0, out[-3000:]
+    finally:
+        if script.poll() is None:
+            script.kill()
+        _stop(restarted)
+    events = _events(run)
+    assert [e["round"] for e in events if e["event"] == "round_end"] == [0, 1, 2, 3]
+    fits = {(e["round"], e["client"]): e for e in events if e["event"] == "fit"}
+    assert fits[(1, 1)]["error"] is None
+    bad = [e for e in events if e["event"] in ("fit", "node_evaluate") and "missing" in str(e["error"])]
+    assert bad and all("\n" not in e["error"] and f"{tmp_path}/missing/client.parquet" in e["error"] for e in bad)
+    killed_node = next(e["node"] for e in events if e["event"] == "fit" and e["client"] == 0)
+    round1 = [e for e in events if e["event"] == "fit" and e["round"] == 1 and e["node"] == killed_node]
+    assert round1 and round1[0]["error"], round1  # it went away (missed heartbeats, or the round timeout)
+    later = [e for e in events if e["event"] == "fit" and e["round"] > 1 and e["node"] == killed_node]
+    assert any(e["error"] is None for e in later), later  # restarted: sampled again and trains
+    assert not _live(FLOWER, str(tmp_path))
