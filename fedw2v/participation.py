@@ -3,8 +3,8 @@
 For each kept checkpoint (the global model after round r) every client's local *test* split is decoded and
 scored; clients are grouped by the number of rounds up to r in which they took part (were sampled and their
 update was aggregated): 0, 1, 2-3, 4+. For a Deployment Engine run whose data stayed on the SuperNodes the
-scores are the ones the nodes reported during the run (federated evaluation, "node_evaluate" events). The paper found the global model serves speakers who never took part
-about as well as those who did.
+scores are the ones the nodes reported during the run (federated evaluation, "node_evaluate" events). The
+paper found the global model serves speakers who never took part about as well as those who did.
 """
 
 from __future__ import annotations

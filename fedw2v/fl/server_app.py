@@ -7,7 +7,8 @@ them); leave out failed clients (their error is logged); stop with `RunFailed` w
 order (`fl.aggregate.weighted_average`); evaluate the global model on the whole eval split every
 `eval_every` rounds; write the checkpoint (HF model dir + state.json), then replace checkpoints/LATEST, prune,
 plot and log. Under the Deployment Engine with the data on the SuperNodes (no clients manifest) the nodes are
-the clients: sampling, message payload and federated evaluation are `fl.nodes`'s. In a footprint round the privacy hook (`privacy.online.OnlineFootprints`) sees the global model
+the clients: sampling, message payload and federated evaluation are `fl.nodes`'s.
+In a footprint round the privacy hook (`privacy.online.OnlineFootprints`) sees the global model
 before the clients train and their successful updates after, and stores the updates' footprints. metrics.jsonl events of a round are written in a fixed order (fit results by client id), so an
 interrupted and resumed run logs exactly what an uninterrupted one does, timings aside.
 """
