@@ -27,6 +27,7 @@ def _env(home: Path) -> dict[str, str]:
                 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", PYTHONPATH=str(ROOT))
 
 
+@pytest.mark.timeout(1800)
 def test_deployment_example_runs_two_rounds_with_tls_node_auth_and_the_data_on_the_nodes(fl_clients, tmp_path):
     home, work = tmp_path / "flwr-home", tmp_path / "work"
     corpus = fl_clients.parent / "manifest.parquet"
