@@ -115,7 +115,7 @@ def _wait_for(run: Path, what, script: subprocess.Popen, timeout: float) -> list
 def _stop_leftovers(tmp_path: Path) -> None:
     """After a failed run: every Flower process this test started (their command lines name its tmp_path),
     and their children, by pid."""
-    for line in _live(FLOWER, str(tmp_path)):
+    for line in _live(FLOWER + ("bin/flwr ",), str(tmp_path)):
         pid = int(line.split()[0])
         for child in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split():
             try:
