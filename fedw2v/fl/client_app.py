@@ -4,7 +4,8 @@ A training message names the client (`client-id`), the round and where everythin
 manifest, the run's round-0 checkpoint), and carries the global weights (trainable parameters, by name).
 The worker builds its model once from the round-0 checkpoint and loads each round's weights into it; it
 reads the manifest once. It trains the client's local train split with `fedw2v.train.local_train`, scores its
-local dev split (WER) when it has one, and replies with its weights, sample count, loss and dev WER — or, if
+local dev split (WER) when it has one, and replies with its weights, sample count, loss and dev WER (and the Ray
+node it ran on, for metrics.jsonl) — or, if
 anything fails (unreadable audio, out of memory, a non-finite loss), with the error text and no weights, so
 the server leaves it out of the round and logs why.
 """
@@ -101,7 +102,8 @@ def run_train(content: RecordDict, worker: Worker = WORKER) -> RecordDict:
         reply = RecordDict({
             "arrays": record_from_arrays(arrays),
             "metrics": MetricRecord({**metrics, "seconds": time.perf_counter() - t0}),
-            "status": ConfigRecord({"client-id": client_id, "error": "", "builds": worker.builds}),
+            "status": ConfigRecord({"client-id": client_id, "error": "", "builds": worker.builds,
+                                    "node": ray_node()}),
         })
     except BaseException as exc:  # noqa: BLE001 -- reported to the server, which leaves the client out
         if isinstance(exc, KeyboardInterrupt):
@@ -110,7 +112,7 @@ def run_train(content: RecordDict, worker: Worker = WORKER) -> RecordDict:
         reply = RecordDict({
             "metrics": MetricRecord({"seconds": time.perf_counter() - t0}),
             "status": ConfigRecord({
-                "client-id": client_id, "error": _one_line(exc), "builds": worker.builds,
+                "client-id": client_id, "error": _one_line(exc), "builds": worker.builds, "node": ray_node(),
                 "traceback": "".join(traceback.format_exception(exc))[-4000:],
             }),
         })
@@ -160,6 +162,17 @@ def _train(job: TrainJob, global_arrays: dict, worker: Worker) -> tuple[dict, di
         metrics["dev-wer"] = score([u.text for u in dev], hyps).wer
         metrics["dev-utterances"] = len(dev)
     return metrics, arrays
+
+
+def ray_node() -> str:
+    """The id of the Ray node this worker runs on ('' outside Ray: the Deployment Engine, in-process tests)."""
+    import sys
+
+    ray = sys.modules.get("ray")  # never imported (nor a Ray started) just to ask
+    try:
+        return ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else ""
+    except Exception:  # noqa: BLE001 -- a fact for the log, never a reason to fail the client
+        return ""
 
 
 def trainable_arrays_names(model: Any) -> list[str]:

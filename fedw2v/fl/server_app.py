@@ -12,6 +12,7 @@ interrupted and resumed run logs exactly what an uninterrupted one does, timings
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -75,15 +76,35 @@ def check_run_dir(config: SimulateConfig) -> None:
     runs.write_json_atomic(recorded, config.to_dict())
 
 
+class Halt:
+    """Stops a running `Server` from another thread: set it (with the reason) and the server raises `RunFailed` at
+    its next wait for replies or nodes (within 0.05 s). `fedw2v simulate` sets it when Ray dies, on Ctrl-C and
+    when Flower's engine ends, so the server thread never waits for replies that cannot come."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason = ""
+
+    def set(self, reason: str) -> None:
+        if not self._event.is_set():
+            self.reason = reason
+            self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+
 class Server:
     """One federated run on one Grid; `run()` goes from the current state to `config.rounds`."""
 
-    def __init__(self, grid: Grid, config: SimulateConfig, reporter: Reporter | None = None):
+    def __init__(self, grid: Grid, config: SimulateConfig, reporter: Reporter | None = None,
+                 halt: Halt | None = None):
         from fedw2v import manifest as mf
         from fedw2v import runs
 
         self.grid = grid
         self.config = config
+        self.halt = halt
         self.report = reporter or (lambda event: None)
         self.run_dir = Path(config.run_dir)
         self.log = runs.MetricsLog(self.run_dir)
@@ -229,8 +250,13 @@ class Server:
                                  "done": len(results), "of": len(clients)})
                 pending.clear()
             if pending:
+                self._check_halt(f"round {r}")
                 time.sleep(0.05)
         return results
+
+    def _check_halt(self, where: str) -> None:
+        if self.halt is not None and self.halt.is_set():
+            raise RunFailed(f"{where}: stopped waiting ({self.halt.reason})")
 
     @staticmethod
     def _result(reply: Message, arrays_from_record: Any, non_finite: Any, timeout: float | None = None) -> dict:
@@ -244,6 +270,8 @@ class Server:
         status = content["status"]
         metrics = {k.replace("-", "_"): v for k, v in dict(content["metrics"]).items()}
         metrics["worker_builds"] = int(status["builds"])
+        if status.get("node"):  # the Ray node that ran the client (simulation)
+            metrics["ray_node"] = str(status["node"])
         if status["error"]:
             return {"error": str(status["error"]), "metrics": metrics, "arrays": None}
         arrays = arrays_from_record(content["arrays"])
@@ -260,6 +288,7 @@ class Server:
                 return nodes
             if time.monotonic() > deadline:
                 raise RunFailed("no Flower SuperNode connected within 120 s")
+            self._check_halt("waiting for SuperNodes")
             time.sleep(0.2)
 
     # ---------------------------------------------------------------- footprints (fedw2v footprint)
@@ -362,7 +391,8 @@ class Outcome:
     error: BaseException | None = None
 
 
-def make_server_app(reporter: Reporter | None = None, outcome: Outcome | None = None) -> ServerApp:
+def make_server_app(reporter: Reporter | None = None, outcome: Outcome | None = None,
+                    halt: Halt | None = None) -> ServerApp:
     """A ServerApp running `Server` with the run config of its context (fedw2v simulate or `flwr run`)."""
     app = ServerApp()
 
@@ -370,7 +400,7 @@ def make_server_app(reporter: Reporter | None = None, outcome: Outcome | None = 
     def main(grid: Grid, context: Context) -> None:
         try:
             config = SimulateConfig.from_run_config(dict(context.run_config))
-            state = Server(grid, config, reporter).run()
+            state = Server(grid, config, reporter, halt).run()
             if outcome is not None:
                 outcome.state = state
         except BaseException as exc:  # noqa: BLE001 -- handed to the caller, which reports it in one line
