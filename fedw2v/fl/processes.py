@@ -13,7 +13,6 @@ again every half second until the main thread has taken it.
 
 from __future__ import annotations
 
-import _thread
 import os
 import signal
 import threading
@@ -74,8 +73,8 @@ class Interrupts:
         while not self._taken.is_set():
             if self.noted.wait(0.5) and not self._taken.wait(0.5):
                 with self._lock:
-                    if not self._taken.is_set():
-                        _thread.interrupt_main(signal.SIGINT)
+                    if not self._taken.is_set():  # a real signal, so a blocking call in the main thread wakes
+                        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
     def __enter__(self) -> Interrupts:
         if self._active:

@@ -146,18 +146,21 @@ class RayRuntime:
         total = ray.cluster_resources()
         return int(total.get("CPU", 0)), int(total.get("GPU", 0))
 
-    def dead(self, now: float | None = None) -> str:
-        """'' while the GCS and this node's raylet answer; else why Ray counts as dead (after DEAD_AFTER s)."""
-        now = time.monotonic() if now is None else now
+    def silent(self) -> str:
+        """'' when the GCS and this node's raylet answer now; else which do not, as a one-line reason."""
         silent = [f"{name} at {h}:{p}" for name, (h, p) in self.endpoints.items() if not answers(h, p, 2.0)]
-        if not silent:
+        return f"Ray stopped: its {' and '.join(silent)} stopped answering" if silent else ""
+
+    def dead(self, now: float | None = None) -> str:
+        """'' while Ray answers, or has been silent for less than DEAD_AFTER s; else why Ray counts as dead."""
+        now = time.monotonic() if now is None else now
+        reason = self.silent()
+        if not reason:
             self._silent_since = None
             return ""
         if self._silent_since is None:
             self._silent_since = now
-        if now - self._silent_since < DEAD_AFTER:
-            return ""
-        return f"Ray stopped: its {' and '.join(silent)} stopped answering"
+        return reason if now - self._silent_since >= DEAD_AFTER else ""
 
     def stop(self, timeout: float = 15.0) -> None:
         """Disconnect (a cluster keeps running) or shut the local Ray down; never blocks longer than `timeout`."""

@@ -79,11 +79,16 @@ def check_run_dir(config: SimulateConfig) -> None:
 class Halt:
     """Stops a running `Server` from another thread: set it (with the reason) and the server raises `RunFailed` at
     its next wait for replies or nodes (within 0.05 s). `fedw2v simulate` sets it when Ray dies, on Ctrl-C and
-    when Flower's engine ends, so the server thread never waits for replies that cannot come."""
+    when Flower's engine ends, so the server thread never waits for replies that cannot come. `probe` (optional)
+    says at once whether the backend is down ('' when it answers)."""
 
-    def __init__(self) -> None:
+    def __init__(self, probe: Callable[[], str] | None = None) -> None:
         self._event = threading.Event()
         self.reason = ""
+        self.probe = probe
+
+    def backend_down(self) -> str:
+        return self.probe() if self.probe is not None else ""
 
     def set(self, reason: str) -> None:
         if not self._event.is_set():
@@ -182,13 +187,7 @@ class Server:
         if reference is not None:
             self._footprints(r, ok, reference)
         if len(ok) < self.config.required_successes:
-            first = next((f"client {c}: {res['error']}" for c, res in sorted(results.items()) if res["error"]), "")
-            self._emit({"event": "round_failed", "round": r, "succeeded": len(ok), "failed": len(results) - len(ok)})
-            raise RunFailed(
-                f"round {r}: {len(ok)} of {len(clients)} clients succeeded, {self.config.required_successes} needed "
-                f"(--min-fit-clients); the run stopped at checkpoint round {state.round} ({first})",
-                hint="fix the failing clients, then continue with --resume",
-            )
+            self._round_failed(r, results, state)
         ta = time.perf_counter()
         stats = [ClientStats(cid, int(res["metrics"]["samples"]), res["metrics"].get("loss"),
                              _percent(res["metrics"].get("dev_wer"))) for cid, res in sorted(ok.items())]
@@ -253,6 +252,24 @@ class Server:
                 self._check_halt(f"round {r}")
                 time.sleep(0.05)
         return results
+
+    def _round_failed(self, r: int, results: dict[int, dict], state: RunState) -> None:
+        """Too few clients succeeded: stop the run (its last checkpoint is intact). When the backend is down right
+        now, that is why (Ray died under the round: every client failed with an actor error), and that is said."""
+        from fedw2v import runs
+
+        ok = sum(1 for res in results.values() if res["error"] is None)
+        self._emit({"event": "round_failed", "round": r, "succeeded": ok, "failed": len(results) - ok})
+        down = self.halt.backend_down() if self.halt is not None else ""
+        if down:
+            raise RunFailed(f"{down}; the run stopped at its checkpoint {runs.checkpoint_name(state.round)}",
+                            hint="continue it with --resume once Ray runs again")
+        first = next((f"client {c}: {res['error']}" for c, res in sorted(results.items()) if res["error"]), "")
+        raise RunFailed(
+            f"round {r}: {ok} of {len(results)} clients succeeded, {self.config.required_successes} needed "
+            f"(--min-fit-clients); the run stopped at checkpoint round {state.round} ({first})",
+            hint="fix the failing clients, then continue with --resume",
+        )
 
     def _check_halt(self, where: str) -> None:
         if self.halt is not None and self.halt.is_set():

@@ -89,7 +89,7 @@ def simulate(config: SimulateConfig, reporter: Any = None, verbose: bool = False
             try:
                 res = _start_ray(config, runtime, verbose)
                 _check(interrupts)
-                engine = _Engine(config, res, reporter, verbose)
+                engine = _Engine(config, res, reporter, verbose, probe=runtime.silent)
                 engine.start()
                 death = _supervise(engine, runtime, interrupts)
                 abrupt = bool(death)
@@ -137,12 +137,12 @@ class _Engine(threading.Thread):
     """Flower's simulation engine (`_run_simulation`) in a daemon thread, so every thread it starts is a daemon
     thread too. `outcome` is what the ServerApp left; `error` what the engine itself raised."""
 
-    def __init__(self, config: SimulateConfig, res: Resources, reporter: Any, verbose: bool):
+    def __init__(self, config: SimulateConfig, res: Resources, reporter: Any, verbose: bool, probe: Any = None):
         from fedw2v.fl.server_app import Halt, Outcome
 
         super().__init__(name="fedw2v-flower-engine", daemon=True)
         self.config, self.res, self.reporter, self.verbose = config, res, reporter, verbose
-        self.outcome, self.halt = Outcome(), Halt()
+        self.outcome, self.halt = Outcome(), Halt(probe)
         self.error: BaseException | None = None
 
     def run(self) -> None:
