@@ -142,6 +142,26 @@ def test_only_trainable_parameters_travel(fl_clients, tmp_path):
     assert not np.array_equal(first["lm_head.weight"], last["lm_head.weight"])
 
 
+def test_on_a_ray_cluster_workers_build_the_model_without_the_run_directory(fl_clients, tmp_path):
+    """With --ray-address the run directory lives only on the driver: every job carries the round-0 checkpoint's
+    files and the weights that are not trained, and a worker that cannot read the run directory trains exactly
+    as one that can."""
+
+    def elsewhere(content, worker):  # a worker on another machine: the run directory's path means nothing there
+        content["config"]["base-model"] = "/nonexistent/run/checkpoints/round-0000"
+        assert {"base-files", "base-arrays"} <= set(content.keys())
+        return run_train(content, worker)
+
+    grid = FakeGrid(elsewhere)
+    cluster, local = tmp_path / "cluster", tmp_path / "local"
+    Server(grid, _config(fl_clients, cluster, freeze_feature_encoder=True, ray_address="10.0.0.5:6379")).run()
+    Server(FakeGrid(), _config(fl_clients, local, freeze_feature_encoder=True)).run()
+    fits = [e for e in runs.read_metrics(cluster) if e["event"] == "fit"]
+    assert len(fits) == 4 and all(e["error"] is None for e in fits) and grid.worker.builds == 1
+    wa, wb = _weights(cluster, 2), _weights(local, 2)
+    assert wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
+
+
 def test_resume_gives_the_same_weights_and_metrics_as_an_uninterrupted_run(fl_clients, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     Server(FakeGrid(), _config(fl_clients, a, rounds=3)).run()

@@ -66,12 +66,18 @@ class Worker:
         self._manifests: dict[tuple[str, str], Any] = {}
         self.builds = 0  # how many times a model was built in this process (tests check it stays 1)
 
-    def model(self, base: str) -> Any:
+    def model(self, base: str, shipped: Any = None, trained: dict | None = None) -> Any:
+        """The model of the run whose round-0 checkpoint is `base`, built once. With `shipped` (the checkpoint's
+        files and untrained weights, sent on a Ray cluster) it is built from those and the `trained` weights of
+        the job, and `base` only names it: the run directory may live on another machine."""
         if self._model is None or self._model[0] != base:
             from fedw2v.model import load_model
 
             self._model = None  # free the old one first
-            self._model = (base, load_model(base))
+            if shipped is None:
+                self._model = (base, load_model(base))
+            else:
+                self._model = (base, _load_shipped(*shipped, trained or {}))
             self.builds += 1
         return self._model[1]
 
@@ -91,6 +97,30 @@ class Worker:
 WORKER = Worker()
 
 
+def _load_shipped(files: Any, frozen: Any, trained: dict) -> Any:
+    """A model directory rebuilt in a private temporary directory from shipped records, loaded like any other
+    (`load_model`: safetensors only), then deleted."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from fedw2v.model import load_model
+
+    tmp = Path(tempfile.mkdtemp(prefix="fedw2v-base-"))
+    try:
+        for name, data in dict(files).items():
+            (tmp / Path(name).name).write_bytes(bytes(data))
+        weights = {**arrays_from_record(frozen), **trained}
+        save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(tmp / "model.safetensors"),
+                  metadata={"format": "pt"})
+        return load_model(str(tmp))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def run_train(content: RecordDict, worker: Worker = WORKER) -> RecordDict:
     """Handle one training message's content; never raises (a failure is a reply with `error` set)."""
     t0 = time.perf_counter()
@@ -98,7 +128,8 @@ def run_train(content: RecordDict, worker: Worker = WORKER) -> RecordDict:
     client_id = int(config["client-id"])
     try:
         job = TrainJob.from_record(config)
-        metrics, arrays = _train(job, arrays_from_record(content["arrays"]), worker)
+        shipped = (content["base-files"], content["base-arrays"]) if "base-files" in content else None
+        metrics, arrays = _train(job, arrays_from_record(content["arrays"]), worker, shipped)
         reply = RecordDict({
             "arrays": record_from_arrays(arrays),
             "metrics": MetricRecord({**metrics, "seconds": time.perf_counter() - t0}),
@@ -119,14 +150,14 @@ def run_train(content: RecordDict, worker: Worker = WORKER) -> RecordDict:
     return reply
 
 
-def _train(job: TrainJob, global_arrays: dict, worker: Worker) -> tuple[dict, dict]:
+def _train(job: TrainJob, global_arrays: dict, worker: Worker, shipped: Any = None) -> tuple[dict, dict]:
     from fedw2v.decode import Decoder
     from fedw2v.weights import load_arrays, non_finite, trainable_arrays
     from fedw2v.metrics import score
     from fedw2v.config.train import TrainConfig
     from fedw2v.train import local_train, set_feature_encoder_frozen
 
-    lm = worker.model(job.base_model)
+    lm = worker.model(job.base_model, shipped, global_arrays)
     train_config = replace(TrainConfig(**job.train_config), seed=client_seed(job.seed, job.round, job.client_id))
     set_feature_encoder_frozen(lm.model, train_config.freeze_feature_encoder)
     expected = set(trainable_arrays_names(lm.model))

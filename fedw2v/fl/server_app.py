@@ -123,6 +123,9 @@ class Server:
         self._job_manifest = str(Path(config.clients_manifest).resolve())  # what every TrainJob names
         self._job_train_config = self.train_config.to_dict()
         self.base_model = str(self.run_dir / "checkpoints" / runs.checkpoint_name(0))
+        # on a Ray cluster the workers cannot see the run directory: the round-0 model travels with every job
+        self.ships_base = bool(config.ray_address)
+        self._base: dict[str, Any] | None = None
         self._indicator: Any = None  # footprint indicator set, read once
         self._probe: Any = None  # a second model for computing the footprints of client updates, built once
 
@@ -209,14 +212,16 @@ class Server:
         from fedw2v.fl.records import arrays_from_record, record_from_arrays
         from fedw2v.weights import non_finite, trainable_arrays
 
-        record = record_from_arrays(trainable_arrays(lm.model))
+        arrays = trainable_arrays(lm.model)
+        record = record_from_arrays(arrays)
+        base = self._base_records(set(arrays)) if self.ships_base else {}
         nodes = self._nodes()
         timeout = self.config.round_timeout or None
         messages = []
         for i, cid in enumerate(clients):
             job = TrainJob(cid, r, self._job_manifest, self.config.corpus_root, self.base_model,
                            self._job_train_config, self.config.seed)
-            messages.append(Message(RecordDict({"arrays": record, "config": job.to_record()}),
+            messages.append(Message(RecordDict({"arrays": record, "config": job.to_record(), **base}),
                                     dst_node_id=nodes[i % len(nodes)], message_type=MessageType.TRAIN,
                                     group_id=str(r), ttl=timeout))
         ids = set(self.grid.push_messages(messages))
@@ -274,6 +279,24 @@ class Server:
     def _check_halt(self, where: str) -> None:
         if self.halt is not None and self.halt.is_set():
             raise RunFailed(f"{where}: stopped waiting ({self.halt.reason})")
+
+    def _base_records(self, trainable: set[str]) -> dict[str, Any]:
+        """What a worker that cannot read the run directory builds its model from (`client_app.Worker`): the
+        round-0 checkpoint's files except its weights, and the weights that are not trained (the frozen feature
+        encoder: they never change); the trained ones come with every job anyway. Read once."""
+        if self._base is None:
+            from flwr.app import ConfigRecord
+            from safetensors.numpy import load_file
+
+            from fedw2v.fl.records import record_from_arrays
+
+            base = Path(self.base_model)
+            files = {p.name: p.read_bytes() for p in sorted(base.iterdir())
+                     if p.is_file() and not p.name.startswith("model.safetensors") and p.name != "state.json"}
+            frozen = {k: v for f in sorted(base.glob("*.safetensors")) for k, v in load_file(str(f)).items()
+                      if k not in trainable}
+            self._base = {"base-files": ConfigRecord(files), "base-arrays": record_from_arrays(frozen)}
+        return self._base
 
     @staticmethod
     def _result(reply: Message, arrays_from_record: Any, non_finite: Any, timeout: float | None = None) -> dict:
