@@ -106,14 +106,64 @@ def test_a_ctrl_c_that_a_fork_hook_swallows_is_raised_again():
     assert float(fixed.stdout.split()[2]) < 3.0
 
 
+def test_the_supervisor_returns_when_ray_counts_as_dead_while_the_engine_hangs():
+    import threading
+
+    from fedw2v.fl.processes import Interrupts
+    from fedw2v.fl.simulate import _supervise
+
+    class Runtime:
+        calls = 0
+
+        def dead(self):
+            self.calls += 1
+            return "Ray stopped: its GCS at h:1 stopped answering" if self.calls >= 3 else ""
+
+    stuck = threading.Event()
+    engine = threading.Thread(target=stuck.wait, daemon=True)  # Flower's engine, blocked in ray.get for ever
+    engine.start()
+    returned = []
+    supervisor = threading.Thread(target=lambda: returned.append(_supervise(engine, Runtime(), Interrupts(), 0.05)),
+                                  daemon=True)
+    supervisor.start()
+    supervisor.join(5.0)
+    stuck.set()
+    assert returned == ["Ray stopped: its GCS at h:1 stopped answering"]
+
+
+def test_threads_stuck_in_ray_get_cannot_hold_the_exit():
+    """Python joins executor threads at exit; Flower's stay blocked in ray.get once Ray is gone. After an abrupt
+    end the process ends with the command's exit status anyway."""
+    script = textwrap.dedent("""
+        import sys, threading
+        from concurrent.futures import ThreadPoolExecutor
+        from fedw2v.fl.simulate import _exit_when_stuck
+
+        forever = threading.Event()
+        pool = ThreadPoolExecutor(1)
+        pool.submit(forever.wait)  # a worker thread that never returns, joined at exit
+        engine = threading.Thread(target=forever.wait, daemon=True)
+        engine.start()
+        if sys.argv[1] == "guarded":
+            _exit_when_stuck(engine, 7, abrupt=True)
+        print("done", flush=True)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", script, "guarded"], capture_output=True, text=True, env=env,
+                         timeout=60)
+    assert (out.returncode, out.stdout) == (7, "done\n")
+    with pytest.raises(subprocess.TimeoutExpired):  # the hang it prevents
+        subprocess.run([sys.executable, "-c", script, "plain"], capture_output=True, env=env, timeout=10)
+
+
 # ------------------------------------------------------------------------------------------ checked before Ray
 
 
 def _simulate(clients: Path, tmp: Path, *extra: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     exe = str(Path(sys.executable).with_name("fedw2v"))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1", COLUMNS="200",
-               RAY_TMPDIR=str(tmp / "raytmp"), **(env_extra or {}))
+    env.update({"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "COLUMNS": "200",
+                "RAY_TMPDIR": str(tmp / "raytmp"), **(env_extra or {})})
     args = [exe, "simulate", str(clients), "--run-dir", str(tmp / "run"), "--model", "tiny", "--recipe", "tiny",
             "--rounds", "1", "--clients-per-round", "2", "--cpus-per-client", "1", *extra]
     return subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
@@ -148,3 +198,12 @@ def test_clients_per_round_equal_to_the_clients_passes_the_checks(fl_clients):
 
     preflight.check(SimulateConfig(clients_manifest=str(fl_clients), run_dir="unused", model="tiny",
                                    clients_per_round=4))
+
+
+def test_a_ray_that_cannot_start_is_one_line(fl_clients, tmp_path):
+    long = tmp_path / ("x" * 60)  # Ray's socket paths under it exceed the 107 bytes AF_UNIX allows
+    long.mkdir()
+    out = _simulate(fl_clients, tmp_path, env_extra={"RAY_TMPDIR": str(long)})
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert out.stderr.startswith("error: could not start a local Ray: validate_socket_filename failed")
+    assert "set RAY_TMPDIR to a short directory" in out.stderr and len(out.stderr.strip().splitlines()) == 1

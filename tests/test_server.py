@@ -9,6 +9,8 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,7 +22,7 @@ from fedw2v import runs
 from fedw2v.errors import InputError, RunFailed
 from fedw2v.fl.client_app import Worker, run_train
 from fedw2v.config.simulate import SimulateConfig
-from fedw2v.fl.server_app import TIMING_KEYS, Server
+from fedw2v.fl.server_app import TIMING_KEYS, Halt, Server
 
 pytestmark = pytest.mark.slow
 
@@ -270,6 +272,47 @@ def test_a_client_that_never_answers_fails_the_round_after_round_timeout(fl_clie
         aggregate = next(e for e in events if e["round"] == r and e["event"] == "aggregate")
         assert aggregate["clients"] == 2 and str(clients[0]) not in aggregate["weights"]
     assert all(np.isfinite(v).all() for v in _weights(run, 2).values())
+
+
+class SilentGrid(FakeGrid):
+    """Accepts every message and never answers (a backend that died under the round)."""
+
+    def __init__(self):
+        super().__init__()
+        self.pushed = threading.Event()
+
+    def push_messages(self, messages):
+        out = []
+        for m in messages:
+            m.metadata.__dict__["_message_id"] = mid = f"m{next(self.ids)}"
+            out.append(mid)
+        self.pushed.set()
+        return out
+
+    def pull_messages(self, ids):
+        return []
+
+
+def test_a_halt_stops_a_server_waiting_for_replies_that_cannot_come(fl_clients, tmp_path):
+    """Without --round-timeout the server waits for replies forever; `fedw2v simulate` halts it when Ray dies, on
+    Ctrl-C or when Flower's engine ends, and it stops within a moment, its last checkpoint intact."""
+    grid, halt, seen = SilentGrid(), Halt(), {}
+
+    def run():
+        try:
+            Server(grid, _config(fl_clients, tmp_path / "run", rounds=1), halt=halt).run()
+        except RunFailed as exc:
+            seen["error"] = str(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert grid.pushed.wait(600)  # round 1's messages are out
+    time.sleep(0.5)
+    assert thread.is_alive()  # waiting
+    halt.set("interrupted")
+    thread.join(2.0)
+    assert not thread.is_alive() and seen["error"] == "round 1: stopped waiting (interrupted)"
+    assert (tmp_path / "run" / "checkpoints" / "LATEST").read_text().strip() == "round-0000"
 
 
 def test_a_message_the_superlink_expired_counts_as_a_round_timeout(fl_clients, tmp_path):

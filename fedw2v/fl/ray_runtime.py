@@ -129,14 +129,17 @@ class RayRuntime:
         os.environ["PYTHONPATH"] = pythonpath
         common: dict[str, Any] = {"runtime_env": {"env_vars": {"PYTHONPATH": pythonpath}},
                                   "logging_level": "ERROR", "log_to_driver": verbose}
-        if self.target.local:
-            ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **common)
-        else:
-            try:
+        try:
+            if self.target.local:
+                ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **common)
+            else:
                 ray.init(address=self.target.address, **common)
-            except Exception as exc:  # noqa: BLE001 -- a cluster we cannot join is the user's to fix
-                detail = " ".join(str(exc).split())[:300]
-                raise EnvironmentProblem(f"cannot join the Ray cluster at {self.target.address}: {detail}") from None
+        except Exception as exc:  # noqa: BLE001 -- Ray's own failure, said in one line
+            detail = " ".join(str(exc).split())[:300]
+            what = "start a local Ray" if self.target.local else f"join the Ray cluster at {self.target.address}"
+            hint = ("Ray's socket paths must stay under 108 bytes: set RAY_TMPDIR to a short directory"
+                    if "path length" in detail else "rerun with --verbose for Ray's own log")
+            raise EnvironmentProblem(f"could not {what}: {detail}", hint=hint) from None
         self.endpoints = _endpoints(ray)
 
     def resources(self) -> tuple[int, int]:

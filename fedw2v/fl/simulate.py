@@ -112,8 +112,9 @@ def _stop(engine: _Engine | None, runtime: Any, spawned: Spawned, abrupt: bool) 
     cluster ends this job's actors itself once this driver is gone."""
     if engine is not None:
         engine.halt.set("interrupted" if abrupt else "the run ended")
-    if not abrupt:
+    if not abrupt or (engine is None and not runtime.target.local):  # no Flower thread can call Ray now
         runtime.stop()
+    if not abrupt:
         return
     spawned.grace = 2.0
     if runtime.target.local:
@@ -220,7 +221,7 @@ def _exit_when_stuck(engine: _Engine | None, code: int, abrupt: bool) -> None:
     them, or for Ray's own exit hook (a ``ray.shutdown()`` that waits for a dead GCS). So when the interpreter
     exits, before it joins any thread, the process ends with `code` (the command's own exit status), its output
     flushed. Nothing happens before the interpreter exits."""
-    if engine is None or not (abrupt or engine.is_alive()):
+    if not abrupt and (engine is None or not engine.is_alive()):
         return
 
     def finish() -> None:
