@@ -315,6 +315,29 @@ def test_a_halt_stops_a_server_waiting_for_replies_that_cannot_come(fl_clients, 
     assert (tmp_path / "run" / "checkpoints" / "LATEST").read_text().strip() == "round-0000"
 
 
+def test_a_round_failing_because_ray_died_says_so(fl_clients, tmp_path):
+    """Ray's processes killed under a round: every client call fails with an actor error at once. The run stops
+    naming the cause (the backend is down), not the clients."""
+
+    class DeadRayGrid(FakeGrid):
+        def push_messages(self, messages):
+            ids = [f"m{next(self.ids)}" for _ in messages]
+            for m, mid in zip(messages, ids):
+                m.metadata.__dict__["_message_id"] = mid
+                self.replies[mid] = FakeReply(mid, error=SimpleNamespace(
+                    reason="<class 'ray.exceptions.ActorUnavailableError'>:<'The actor is unavailable'>"))
+            return ids
+
+    run = tmp_path / "run"
+    down = "Ray stopped: its GCS at 10.0.0.5:6379 stopped answering"
+    with pytest.raises(RunFailed) as failed:
+        Server(DeadRayGrid(), _config(fl_clients, run, rounds=1), halt=Halt(probe=lambda: down)).run()
+    assert str(failed.value) == (f"{down}; the run stopped at its checkpoint round-0000 (continue it with --resume "
+                                 "once Ray runs again)")
+    with pytest.raises(RunFailed, match="round 1: 0 of 2 clients succeeded"):  # Ray up: the clients' failure
+        Server(DeadRayGrid(), _config(fl_clients, run, rounds=1, resume=True), halt=Halt(probe=lambda: "")).run()
+
+
 def test_a_message_the_superlink_expired_counts_as_a_round_timeout(fl_clients, tmp_path):
     """Flower's engine answers an expired message (its TTL = --round-timeout) with an error reply of its own."""
 
