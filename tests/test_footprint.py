@@ -1,4 +1,4 @@
-"""The footprint analysis (fedw2v/footprint.py, `fedw2v footprint`): EER, bootstrap, footprints of the tiny
+"""The footprint analysis (fedw2v/privacy, `fedw2v footprint`): EER, bootstrap, footprints of the tiny
 model, padding invariance, the indicator set, storage, `analyse` on a federated run and the command.
 
 Runs to analyse are made in-process with test_server's `FakeGrid` + `Server` (no Ray). The FakeGrid handler
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from fedw2v import footprint as fp
+from fedw2v.privacy import attack, footprints, indicator, stats, store
 from fedw2v.batching import Utterance
 from fedw2v.errors import InputError
 
@@ -26,91 +26,91 @@ from fedw2v.errors import InputError
 
 
 def test_eer_perfect_separation_is_zero():
-    assert fp.eer([0.9, 0.8, 0.7], [0.1, 0.2, 0.3, 0.69]) == 0.0
+    assert stats.eer([0.9, 0.8, 0.7], [0.1, 0.2, 0.3, 0.69]) == 0.0
 
 
 def test_eer_identical_distributions_is_fifty():
-    assert fp.eer([1, 2, 3, 4], [1, 2, 3, 4]) == pytest.approx(50.0)
+    assert stats.eer([1, 2, 3, 4], [1, 2, 3, 4]) == pytest.approx(50.0)
     rng = np.random.default_rng(0)
-    assert fp.eer(rng.normal(size=4000), rng.normal(size=4000)) == pytest.approx(50.0, abs=2.0)
+    assert stats.eer(rng.normal(size=4000), rng.normal(size=4000)) == pytest.approx(50.0, abs=2.0)
 
 
 def test_eer_fully_reversed_is_hundred():
-    assert fp.eer([0.1, 0.2], [0.8, 0.9]) == pytest.approx(100.0)
+    assert stats.eer([0.1, 0.2], [0.8, 0.9]) == pytest.approx(100.0)
 
 
 def test_eer_hand_computed_cases():
     # ascending: .1N .2N .3N .4T .7N .8T .9T -> (miss, false alarm) goes (0, 1/4) -> (1/3, 1/4): EER = 1/4
-    assert fp.eer([0.9, 0.8, 0.4], [0.7, 0.3, 0.2, 0.1]) == pytest.approx(25.0)
+    assert stats.eer([0.9, 0.8, 0.4], [0.7, 0.3, 0.2, 0.1]) == pytest.approx(25.0)
     # a tie between a target and a non-target moves both rates at once: (0, 1/2) -> (1/2, 0), crossing at 1/4
-    assert fp.eer([1.0, 2.0], [1.0, 0.0]) == pytest.approx(25.0)
+    assert stats.eer([1.0, 2.0], [1.0, 0.0]) == pytest.approx(25.0)
     # one non-target above one of two targets: (0, 1/2) -> (1/2, 1/2): EER = 1/2 ... and with 4 non-targets 1/4
-    assert fp.eer([1.0, 3.0], [0.0, 2.0]) == pytest.approx(50.0)
-    assert fp.eer([1.0, 3.0], [0.0, 0.5, 0.7, 2.0]) == pytest.approx(25.0)
+    assert stats.eer([1.0, 3.0], [0.0, 2.0]) == pytest.approx(50.0)
+    assert stats.eer([1.0, 3.0], [0.0, 0.5, 0.7, 2.0]) == pytest.approx(25.0)
 
 
 def test_eer_ignores_order_and_monotone_transforms():
     rng = np.random.default_rng(1)
     t, n = rng.normal(1, 1, 50), rng.normal(0, 1, 200)
-    base = fp.eer(t, n)
-    assert fp.eer(t[::-1], rng.permutation(n)) == pytest.approx(base)
-    assert fp.eer(np.exp(t), np.exp(n)) == pytest.approx(base)
+    base = stats.eer(t, n)
+    assert stats.eer(t[::-1], rng.permutation(n)) == pytest.approx(base)
+    assert stats.eer(np.exp(t), np.exp(n)) == pytest.approx(base)
     assert 10 < base < 45
 
 
 def test_eer_needs_both_lists():
     with pytest.raises(ValueError, match="at least one target"):
-        fp.eer([], [0.1])
+        stats.eer([], [0.1])
     with pytest.raises(ValueError, match="finite"):
-        fp.eer([np.nan], [0.1])
+        stats.eer([np.nan], [0.1])
 
 
 def test_bootstrap_ci_contains_the_estimate_and_is_seeded():
     rng = np.random.default_rng(2)
     t, n = rng.normal(1.5, 1, 20), rng.normal(0, 1, 380)
-    point = fp.eer(t, n)
-    lo, hi = fp.eer_ci(t, n, resamples=500, seed=3)
+    point = stats.eer(t, n)
+    lo, hi = stats.eer_ci(t, n, resamples=500, seed=3)
     assert lo <= point <= hi and lo < hi
-    assert fp.eer_ci(t, n, resamples=500, seed=3) == (lo, hi)
-    assert fp.eer_ci([1.0, 2.0], [0.0, 0.5], resamples=100) == (0.0, 0.0)  # separable in every resample
+    assert stats.eer_ci(t, n, resamples=500, seed=3) == (lo, hi)
+    assert stats.eer_ci([1.0, 2.0], [0.0, 0.5], resamples=100) == (0.0, 0.0)  # separable in every resample
 
 
 def test_trials_pair_enrollment_and_test_models():
     e = {c: np.eye(3, 4)[[c]].repeat(2, 0) for c in range(3)}  # 2 layers, client c = unit vector c
     t = {**{c: v + 0.1 for c, v in e.items()}, 7: np.ones((2, 4))}
-    trials = fp.make_trials(e, t)
+    trials = stats.make_trials(e, t)
     assert trials.clients == [0, 1, 2]
     assert trials.target.shape == (2, 3) and trials.nontarget.shape == (2, 6)
     assert len(trials.pairs) == 6 and all(a != b for a, b in trials.pairs)
     assert (trials.target.min() > trials.nontarget.max())
-    assert fp.cosine_scores({0: np.zeros((1, 4))}, {0: np.ones((1, 4))})[0, 0, 0] == 0.0
+    assert stats.cosine_scores({0: np.zeros((1, 4))}, {0: np.ones((1, 4))})[0, 0, 0] == 0.0
 
 
 def test_fewer_than_two_targets_is_not_measurable():
-    one = fp.make_trials({0: np.ones((2, 4)), 1: -np.ones((2, 4))}, {0: np.ones((2, 4))})
-    res = fp.layer_eer([one], resamples=10)
+    one = stats.make_trials({0: np.ones((2, 4)), 1: -np.ones((2, 4))}, {0: np.ones((2, 4))})
+    res = stats.layer_eer([one], resamples=10)
     assert not res.measurable and res.targets == 1 and "at least 2" in res.reason
-    two = fp.make_trials({0: np.eye(2, 4), 1: np.eye(2, 4)[::-1]}, {0: np.eye(2, 4), 1: np.eye(2, 4)[::-1]})
-    res = fp.layer_eer([two], resamples=10)
+    two = stats.make_trials({0: np.eye(2, 4), 1: np.eye(2, 4)[::-1]}, {0: np.eye(2, 4), 1: np.eye(2, 4)[::-1]})
+    res = stats.layer_eer([two], resamples=10)
     assert res.measurable and res.targets == 2 and res.nontargets == 2 and len(res.eer) == 2
 
 
 def test_pooling_puts_each_rounds_scores_on_one_scale():
     def trials(target, nontarget):
-        return fp.Trials([0], np.array([target], float), np.array([nontarget], float))
+        return stats.Trials([0], np.array([target], float), np.array([nontarget], float))
 
     # each round separates its clients perfectly, but round 2's scores all lie above round 1's
     r1, r2 = trials([0.5, 0.6], [0.1, 0.2, 0.3]), trials([0.95, 0.96], [0.90, 0.91, 0.92])
-    raw = fp.eer(np.r_[r1.target[0], r2.target[0]], np.r_[r1.nontarget[0], r2.nontarget[0]])
+    raw = stats.eer(np.r_[r1.target[0], r2.target[0]], np.r_[r1.nontarget[0], r2.nontarget[0]])
     assert raw > 0
-    assert fp.layer_eer([r1, r2], resamples=20).eer == [0.0]
+    assert stats.layer_eer([r1, r2], resamples=20).eer == [0.0]
     # within one round the normalisation is monotone: the round's EER and CI do not change
     rng = np.random.default_rng(4)
     one = trials(rng.normal(1, 1, 6), rng.normal(0, 1, 30))
-    res = fp.layer_eer([one], resamples=100)
-    assert res.eer[0] == pytest.approx(fp.eer(one.target[0], one.nontarget[0]))
-    assert res.ci[0] == pytest.approx(fp.eer_ci(one.target[0], one.nontarget[0], 100, seed=0))
-    t, n = fp.normalised_scores(one)
+    res = stats.layer_eer([one], resamples=100)
+    assert res.eer[0] == pytest.approx(stats.eer(one.target[0], one.nontarget[0]))
+    assert res.ci[0] == pytest.approx(stats.eer_ci(one.target[0], one.nontarget[0], 100, seed=0))
+    t, n = stats.normalised_scores(one)
     assert n.mean() == pytest.approx(0.0) and n.std() == pytest.approx(1.0)
 
 
@@ -121,7 +121,7 @@ def _noise_indicator(lengths=(1.3, 2.9, 0.7, 2.2, 1.8), seed=0):
     rng = np.random.default_rng(seed)
     utts = [Utterance(f"u{i}", "", 0.0, s, "", f"spk{i % 2}") for i, s in enumerate(lengths)]
     audio = [(0.1 * rng.standard_normal(int(s * 16000))).astype(np.float32) for s in lengths]
-    return fp.Indicator(utts, audio, "noise", "dev")
+    return indicator.Indicator(utts, audio, "noise", "dev")
 
 
 @pytest.fixture(scope="module")
@@ -134,21 +134,21 @@ def tiny():
 def test_footprint_shape_layers_and_zero_for_the_global_model(tiny):
     (g, m) = tiny
     ind = _noise_indicator()
-    ref = fp.ReferenceStates.compute(g.model, g.processor, ind)
+    ref = footprints.ReferenceStates.compute(g.model, g.processor, ind)
     cfg = g.model.config
     assert ref.layers == ["input", "block 1", "block 2", "block 3"]  # encoder input + every block
     assert [s.shape[0] for s in ref.states] == [cfg.num_hidden_layers + 1] * len(ind.utterances)
     assert all(s.dtype == np.float32 and s.shape[2] == cfg.hidden_size for s in ref.states)
     assert ref.nbytes == ref.frames * cfg.hidden_size * len(ref.layers) * 4
-    assert ref.frames == fp.indicator_frames(g.model, ind)
+    assert ref.frames == footprints.indicator_frames(g.model, ind)
     n = int(1.3 * 16000)
     for k, st in zip(cfg.conv_kernel, cfg.conv_stride):
         n = (n - k) // st + 1
     assert ref.states[0].shape[1] == n == 63  # the frames of its own length only
-    same = fp.footprint(g.model, g.processor, ref)
+    same = footprints.footprint(g.model, g.processor, ref)
     assert same.shape == (4, 2 * cfg.hidden_size) and same.dtype == np.float32
     assert not same.any()  # the global model against its own reference: exactly zero
-    other = fp.footprint(m.model, m.processor, ref)
+    other = footprints.footprint(m.model, m.processor, ref)
     h = cfg.hidden_size
     assert (other[:, h:] >= 0).all() and np.abs(other).max() > 1e-3  # [mean | std], std non-negative
 
@@ -156,7 +156,7 @@ def test_footprint_shape_layers_and_zero_for_the_global_model(tiny):
 def test_footprint_restores_the_training_mode(tiny):
     g, _ = tiny
     g.model.train()
-    fp.ReferenceStates.compute(g.model, g.processor, _noise_indicator((1.0,)))
+    footprints.ReferenceStates.compute(g.model, g.processor, _noise_indicator((1.0,)))
     assert g.model.training
     g.model.eval()
 
@@ -164,19 +164,19 @@ def test_footprint_restores_the_training_mode(tiny):
 def test_padding_does_not_change_an_utterances_contribution(tiny):
     g, m = tiny
     ind = _noise_indicator()
-    batched = fp.ReferenceStates.compute(g.model, g.processor, ind)
-    alone = fp.ReferenceStates.compute(g.model, g.processor, ind, max_batch_size=1)
+    batched = footprints.ReferenceStates.compute(g.model, g.processor, ind)
+    alone = footprints.ReferenceStates.compute(g.model, g.processor, ind, max_batch_size=1)
     assert max(len(b) for b in batched.batches) > 1 and all(len(b) == 1 for b in alone.batches)
     for a, b in zip(batched.states, alone.states):
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, atol=2e-5)
     # the short utterance batched with the longest one gives the states it gives on its own
-    pair = fp.Indicator([ind.utterances[2], ind.utterances[1]], [ind.audio[2], ind.audio[1]], "noise", "dev")
-    together = fp.ReferenceStates.compute(g.model, g.processor, pair)
+    pair = indicator.Indicator([ind.utterances[2], ind.utterances[1]], [ind.audio[2], ind.audio[1]], "noise", "dev")
+    together = footprints.ReferenceStates.compute(g.model, g.processor, pair)
     assert together.batches == [[1, 0]]
     np.testing.assert_allclose(together.states[0], alone.states[2], atol=2e-5)
-    np.testing.assert_allclose(fp.footprint(m.model, m.processor, batched),
-                               fp.footprint(m.model, m.processor, alone), atol=2e-5)
+    np.testing.assert_allclose(footprints.footprint(m.model, m.processor, batched),
+                               footprints.footprint(m.model, m.processor, alone), atol=2e-5)
 
 
 # -------------------------------------------------------------------------------------------------- storage
@@ -185,31 +185,44 @@ def test_padding_does_not_change_an_utterances_contribution(tiny):
 def test_footprints_round_trip_merge_and_replace(tmp_path):
     a = np.arange(8, dtype=np.float32).reshape(2, 4)
     meta = {"indicator": {"utt_ids": ["x", "y"]}, "layers": ["input", "block 1"]}
-    path = fp.write_footprints(tmp_path, 3, "test", {5: a}, meta)
+    path = store.write_footprints(tmp_path, 3, "test", {5: a}, meta)
     assert path == tmp_path / "footprints" / "round-0003" / "test.safetensors"
-    fp.write_footprints(tmp_path, 3, "test", {2: a + 1}, meta)  # one call per client adds to the file
-    got, got_meta = fp.read_footprints(tmp_path, 3, "test")
+    store.write_footprints(tmp_path, 3, "test", {2: a + 1}, meta)  # one call per client adds to the file
+    got, got_meta = store.read_footprints(tmp_path, 3, "test")
     assert list(got) == [2, 5] and got[5].dtype == np.float32
     np.testing.assert_array_equal(got[5], a)
     assert got_meta["clients"] == [2, 5] and got_meta["kind"] == "test" and got_meta["round"] == 3
     assert got_meta["indicator"]["utt_ids"] == ["x", "y"]
     assert json.loads(path.with_suffix(".json").read_text())["clients"] == [2, 5]
-    fp.write_footprints(tmp_path, 3, "test", {9: a}, {**meta, "indicator": {"utt_ids": ["z"]}})  # another set
-    assert list(fp.read_footprints(tmp_path, 3, "test")[0]) == [9]
+    store.write_footprints(tmp_path, 3, "test", {9: a}, {**meta, "indicator": {"utt_ids": ["z"]}})  # another set
+    assert list(store.read_footprints(tmp_path, 3, "test")[0]) == [9]
     assert not list(path.parent.glob(".*"))  # no temporary files left
     with pytest.raises(InputError, match="no enroll footprints stored for round 3"):
-        fp.read_footprints(tmp_path, 3, "enroll")
+        store.read_footprints(tmp_path, 3, "enroll")
     with pytest.raises(ValueError, match="kind"):
-        fp.write_footprints(tmp_path, 3, "other", {}, meta)
+        store.write_footprints(tmp_path, 3, "other", {}, meta)
+
+
+def test_stored_footprints_are_reused_only_when_made_with_the_same_settings(tmp_path):
+    a = np.ones((2, 4), np.float32)
+    meta = {"indicator": {"utt_ids": ["x"]}, "layers": ["input", "block 1"], "enroll": {"epochs": 2}}
+    assert store.read_matching(tmp_path, 1, "enroll", meta) == {}  # nothing stored yet
+    store.write_footprints(tmp_path, 1, "enroll", {4: a, 7: 2 * a}, meta)
+    got = store.read_matching(tmp_path, 1, "enroll", dict(meta))  # the time written and the clients do not count
+    assert sorted(got) == [4, 7] and np.array_equal(got[7], 2 * a)
+    assert store.read_matching(tmp_path, 1, "enroll", {**meta, "enroll": {"epochs": 3}}) == {}
+    assert store.read_matching(tmp_path, 1, "test", meta) == {}  # another kind
+    store.write_footprints(tmp_path, 2, "enroll", {4: a}, meta)
+    assert list(store.read_matching(tmp_path, 2, "enroll", meta)) == [4]
 
 
 def test_updates_round_trip(tmp_path):
     arrays = {"lm_head.weight": np.ones((3, 2), np.float32), "b": np.zeros(4, np.float32)}
-    path = fp.write_update(tmp_path, 1, 12, arrays)
+    path = store.write_update(tmp_path, 1, 12, arrays)
     assert path == tmp_path / "updates" / "round-0001" / "client-12.safetensors"
-    fp.write_update(tmp_path, 1, 3, arrays)
-    assert fp.saved_updates(tmp_path, 1) == [3, 12] and fp.saved_updates(tmp_path, 2) == []
-    back = fp.read_update(tmp_path, 1, 12)
+    store.write_update(tmp_path, 1, 3, arrays)
+    assert store.saved_updates(tmp_path, 1) == [3, 12] and store.saved_updates(tmp_path, 2) == []
+    back = store.read_update(tmp_path, 1, 12)
     assert set(back) == set(arrays) and np.array_equal(back["lm_head.weight"], arrays["lm_head.weight"])
 
 
@@ -226,20 +239,58 @@ def test_indicator_is_sorted_cut_and_excludes_speakers(fl_clients):
     from fedw2v import manifest as mf
 
     m = mf.read(fl_clients)
-    dev = fp.load_indicator(m, "dev", 64, name="clients.parquet")
+    dev = indicator.load_indicator(m, "dev", 64, name="clients.parquet")
     assert dev.utt_ids == sorted(dev.utt_ids) and dev.split == "dev" and len(dev.audio) == len(dev.utterances)
     assert all(a.dtype == np.float32 and len(a) > 16000 for a in dev.audio)
-    assert fp.load_indicator(m, "dev", 2).utt_ids == dev.utt_ids[:2]
-    speakers = fp.client_speakers(m)
+    assert indicator.load_indicator(m, "dev", 2).utt_ids == dev.utt_ids[:2]
+    speakers = indicator.client_speakers(m)
     first = sorted(speakers[0])[0]
-    train = fp.load_indicator(m, "train", 100, exclude_speakers=[first])
+    train = indicator.load_indicator(m, "train", 100, exclude_speakers=[first])
     assert first not in train.speakers and train.excluded_speakers == (first,)
     assert train.excluded_utterances == sum(1 for s in m.table.column("speaker").to_pylist() if s == first)
     everyone = {s for v in speakers.values() for s in v}
     with pytest.raises(InputError, match="clients.parquet: all .* utterances of split 'train' belong to analysed"):
-        fp.load_indicator(m, "train", 5, exclude_speakers=everyone, name="clients.parquet")
+        indicator.load_indicator(m, "train", 5, exclude_speakers=everyone, name="clients.parquet")
     with pytest.raises(InputError, match="no utterances in split 'nope'"):
-        fp.load_indicator(m, "nope")
+        indicator.load_indicator(m, "nope")
+
+
+# ------------------------------------------------------------------------------------ the server's online hook
+
+
+def test_the_online_hook_stores_the_footprints_of_a_footprint_rounds_updates(fl_clients, tiny, tmp_path):
+    """`OnlineFootprints`, as the server calls it: the reference states before the clients train, the footprints
+    of the successful updates after (in a second model, so the global model is untouched), nothing in other
+    rounds; and the checkpoints the analysis needs are kept."""
+    from fedw2v import manifest as mf
+    from fedw2v.model import save_model
+    from fedw2v.privacy.online import OnlineFootprints
+    from tests.test_server import _config
+
+    g, m = tiny
+    save_model(g.model, g.processor, tmp_path / "base")
+    config = _config(fl_clients, tmp_path / "run", rounds=3, footprint_rounds=(2,), save_updates=True,
+                     indicator_utterances=2)
+    clients = mf.read(fl_clients)
+    hook = OnlineFootprints(config, clients, tmp_path / "base")
+    assert hook.rounds_kept() == {1, 2}
+    arrays = {c: {k: v.detach().cpu().numpy().copy() for k, v in lm.model.state_dict().items()}
+              for c, lm in ((0, g), (3, m))}
+    assert hook.before_round(1, g.model, g.processor) is False
+    assert hook.after_fit(1, arrays) is None and not (tmp_path / "run").exists()
+
+    assert hook.before_round(2, g.model, g.processor) is True
+    event = hook.after_fit(2, arrays)
+    assert event["clients"] == [0, 3] and event["updates_saved"] is True
+    assert event["file"] == str(Path("footprints") / "round-0002" / "test.safetensors")
+    stored, meta = store.read_footprints(tmp_path / "run", 2, "test")
+    ind = indicator.run_indicator(config, clients)
+    assert meta["indicator"]["utt_ids"] == ind.utt_ids and len(ind.utt_ids) == 2
+    assert not stored[0].any()  # the global model's own weights: a zero footprint
+    direct = footprints.footprint(m.model, m.processor, footprints.ReferenceStates.compute(g.model, g.processor, ind))
+    np.testing.assert_allclose(stored[3], direct, atol=1e-6)
+    assert store.saved_updates(tmp_path / "run", 2) == [0, 3]
+    assert hook.after_fit(2, arrays) is None  # the round's reference states are released after its updates
 
 
 # ----------------------------------------------------------------------------------- a federated run to analyse
@@ -258,7 +309,7 @@ def _make_run(clients, run_dir, **overrides):
         reply = run_train(content, worker)
         r = int(content["config"]["round"])
         if "arrays" in reply and r in config.footprint_rounds:
-            fp.write_update(run_dir, r, int(content["config"]["client-id"]), arrays_from_record(reply["arrays"]))
+            store.write_update(run_dir, r, int(content["config"]["client-id"]), arrays_from_record(reply["arrays"]))
         return reply
 
     Server(FakeGrid(saving), config).run()
@@ -287,11 +338,11 @@ def _holdout_clients(path):
 
 @pytest.mark.slow
 def test_analyse_computes_from_updates_then_reuses_the_stored_footprints(run_copy, fl_clients):
-    server = fp.read_footprints(run_copy, 1, "test") if fp.footprint_path(run_copy, 1, "test").is_file() else None
+    server = store.read_footprints(run_copy, 1, "test") if store.footprint_path(run_copy, 1, "test").is_file() else None
     shutil.rmtree(run_copy / "footprints", ignore_errors=True)  # whatever the server stored: use the updates
-    config = fp.FootprintConfig(bootstrap=200)
+    config = attack.FootprintConfig(bootstrap=200)
     messages = []
-    first = fp.analyse(run_copy, config, progress=messages.append)
+    first = attack.analyse(run_copy, config, progress=messages.append)
     (r1,) = first.rounds
     holdout = _holdout_clients(fl_clients)
     assert r1.round == 1 and r1.sampled == [0, 1, 2, 3] and r1.test_source == "updates"
@@ -304,8 +355,8 @@ def test_analyse_computes_from_updates_then_reuses_the_stored_footprints(run_cop
     assert first.pooled.eer == r1.result.eer and first.average == r1.result.eer
     assert first.indicator["split"] == "dev" and first.indicator["utterances"] >= 1
     assert any("enrollment model of client 0" in m for m in messages)
-    test, meta = fp.read_footprints(run_copy, 1, "test")
-    enroll, emeta = fp.read_footprints(run_copy, 1, "enroll")
+    test, meta = store.read_footprints(run_copy, 1, "test")
+    enroll, emeta = store.read_footprints(run_copy, 1, "enroll")
     assert sorted(test) == sorted(enroll) == [0, 1] and test[0].shape == (4, 384)
     assert meta["indicator"]["utt_ids"] == emeta["indicator"]["utt_ids"] and emeta["enroll"]["epochs"] == 1
     assert not np.allclose(test[0], enroll[0])
@@ -315,7 +366,7 @@ def test_analyse_computes_from_updates_then_reuses_the_stored_footprints(run_cop
             np.testing.assert_allclose(server[0][c], test[c], atol=1e-4)
 
     shutil.rmtree(run_copy / "updates")  # the stored footprints are enough now
-    second = fp.analyse(run_copy, config)
+    second = attack.analyse(run_copy, config)
     (s1,) = second.rounds
     assert s1.test_source == "stored" and s1.enroll_reused == 2 and "earlier analysis" in s1.test_detail
     assert s1.result.eer == r1.result.eer and s1.result.ci == r1.result.ci
@@ -329,14 +380,14 @@ def test_indicator_overlapping_analysed_speakers_is_an_error(run_copy, fl_client
     m = mf.read(fl_clients)
     own = [r["utt_id"] for r in m.table.to_pylist() if r["client_id"] == 0][:3]  # client 0's own speech
     fake = {0: np.ones((4, 384), np.float32), 1: np.ones((4, 384), np.float32)}
-    fp.write_footprints(run_copy, 1, "test", fake, {"indicator": {"utt_ids": own, "split": "train"},
+    store.write_footprints(run_copy, 1, "test", fake, {"indicator": {"utt_ids": own, "split": "train"},
                                                      "layers": ["input", "block 1", "block 2", "block 3"]})
     with pytest.raises(InputError, match="indicator set shares speakers with clients analysed in round 1"):
-        fp.analyse(run_copy, fp.FootprintConfig(bootstrap=10))
+        attack.analyse(run_copy, attack.FootprintConfig(bootstrap=10))
     # asking for the clients' own split: their speakers are left out, and then nothing is left
     shutil.rmtree(run_copy / "footprints")
     with pytest.raises(InputError, match="utterances of split 'train' belong to analysed clients' speakers"):
-        fp.analyse(run_copy, fp.FootprintConfig(indicator_split="train"))
+        attack.analyse(run_copy, attack.FootprintConfig(indicator_split="train"))
 
 
 # --------------------------------------------------------------------------------------------------- the CLI
@@ -383,7 +434,7 @@ def test_cli_footprint_errors_are_one_line(run_copy, tmp_path):
     (tmp_path / "empty").mkdir()
     result = _cli("footprint", tmp_path / "empty")
     assert result.exit_code == 2 and "not a federated run (no config.json)" in result.output
-    fp.write_footprints(run_copy, 1, "test", {0: np.ones((4, 384), np.float32)},
+    store.write_footprints(run_copy, 1, "test", {0: np.ones((4, 384), np.float32)},
                         {"indicator": {"utt_ids": ["elsewhere"]}}, merge=False)
     result = _cli("footprint", run_copy, "--indicator-split", "test")
     assert result.exit_code == 2 and "computed on another indicator set" in result.output
@@ -439,11 +490,11 @@ def test_the_attack_finds_speaker_identity_among_synthetic_voices(voices_clients
 
     run = _make_run(voices_clients, tmp_path / "run", rounds=1, clients_per_round=6, local_epochs=20, local_steps=8,
                     batch_size=2, eval_every=1)
-    report = fp.analyse(run, fp.FootprintConfig(bootstrap=200))
+    report = attack.analyse(run, attack.FootprintConfig(bootstrap=200))
     (r1,) = report.rounds
     assert r1.analysed == [0, 1, 2, 3, 4, 5] and not r1.excluded
     assert (r1.result.targets, r1.result.nontargets) == (6, 30)
-    client_voices = {s for v in fp.client_speakers(mf.read(voices_clients)).values() for s in v}
+    client_voices = {s for v in indicator.client_speakers(mf.read(voices_clients)).values() for s in v}
     assert report.indicator["utterances"] >= 10 and not set(report.indicator["speakers"]) & client_voices
     print("EER per layer:", [round(e, 1) for e in r1.result.eer], "CI", [tuple(map(round, c)) for c in r1.result.ci])
     assert min(r1.result.eer) <= 30.0, r1.result.eer

@@ -22,7 +22,7 @@ def check(config: SimulateConfig) -> None:
     from fedw2v import manifest as mf
 
     path = config.clients_manifest
-    clients = mf.read(path)
+    clients = mf.read(path, allow_outside_audio=config.allow_outside_audio)
     ids = clients.client_ids
     if not ids:
         raise InputError(f"{path}: no client_id is set", hint="make clients with `fedw2v partition`")
@@ -44,4 +44,4 @@ def check(config: SimulateConfig) -> None:
 
         resolve(config.model)
     if config.footprint_rounds and config.indicator_manifest:
-        mf.read(config.indicator_manifest)
+        mf.read(config.indicator_manifest, allow_outside_audio=config.allow_outside_audio)

@@ -6,7 +6,8 @@ them); leave out failed clients (their error is logged); stop with `RunFailed` w
 `required_successes` succeeded; weight the rest (`fl.aggregate.client_weights`) and average them in client-id
 order (`fl.aggregate.weighted_average`); evaluate the global model on the whole eval split every
 `eval_every` rounds; write the checkpoint (HF model dir + state.json), then replace checkpoints/LATEST, prune,
-plot and log. metrics.jsonl events of a round are written in a fixed order (fit results by client id), so an
+plot and log. In a footprint round the privacy hook (`privacy.online.OnlineFootprints`) sees the global model
+before the clients train and their successful updates after, and stores the updates' footprints. metrics.jsonl events of a round are written in a fixed order (fit results by client id), so an
 interrupted and resumed run logs exactly what an uninterrupted one does, timings aside.
 """
 
@@ -24,6 +25,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedw2v.errors import InputError, RunFailed
 from fedw2v.config.simulate import SimulateConfig
+from fedw2v.privacy.online import OnlineFootprints
 
 Reporter = Callable[[dict], None]
 TIMING_KEYS = ("seconds", "time", "train_seconds", "eval_seconds", "aggregate_seconds")
@@ -113,7 +115,7 @@ class Server:
         self.report = reporter or (lambda event: None)
         self.run_dir = Path(config.run_dir)
         self.log = runs.MetricsLog(self.run_dir)
-        self.manifest = mf.read(config.clients_manifest)
+        self.manifest = mf.read(config.clients_manifest, allow_outside_audio=config.allow_outside_audio)
         self.client_ids = self.manifest.client_ids
         if not self.client_ids:
             raise InputError(
@@ -126,8 +128,7 @@ class Server:
         # on a Ray cluster the workers cannot see the run directory: the round-0 model travels with every job
         self.ships_base = bool(config.ray_address)
         self._base: dict[str, Any] | None = None
-        self._indicator: Any = None  # footprint indicator set, read once
-        self._probe: Any = None  # a second model for computing the footprints of client updates, built once
+        self.footprints = OnlineFootprints(config, self.manifest, self.base_model)  # --footprint-rounds
 
     # ---------------------------------------------------------------- the run
 
@@ -181,14 +182,15 @@ class Server:
         clients = sampler.sample()
         state.sampler = sampler.state
         self._emit({"event": "round_start", "round": r, "clients": clients})
-        reference = self._reference_states(r, lm)
+        self.footprints.before_round(r, lm.model, lm.processor)
         results = self._fit(r, clients, lm)
         ok = {cid: res for cid, res in results.items() if res["error"] is None}
         for cid in sorted(results):
             res = results[cid]
             self._emit({"event": "fit", "round": r, "client": cid, "error": res["error"], **res["metrics"]})
-        if reference is not None:
-            self._footprints(r, ok, reference)
+        stored = self.footprints.after_fit(r, {cid: res["arrays"] for cid, res in ok.items()})
+        if stored is not None:
+            self._emit({"event": "footprints", "round": r, **stored})
         if len(ok) < self.config.required_successes:
             self._round_failed(r, results, state)
         ta = time.perf_counter()
@@ -220,7 +222,7 @@ class Server:
         messages = []
         for i, cid in enumerate(clients):
             job = TrainJob(cid, r, self._job_manifest, self.config.corpus_root, self.base_model,
-                           self._job_train_config, self.config.seed)
+                           self._job_train_config, self.config.seed, self.config.allow_outside_audio)
             messages.append(Message(RecordDict({"arrays": record, "config": job.to_record(), **base}),
                                     dst_node_id=nodes[i % len(nodes)], message_type=MessageType.TRAIN,
                                     group_id=str(r), ttl=timeout))
@@ -312,6 +314,8 @@ class Server:
         metrics["worker_builds"] = int(status["builds"])
         if status.get("node"):  # the Ray node that ran the client (simulation)
             metrics["ray_node"] = str(status["node"])
+        if "threads" in status:
+            metrics["worker_threads"] = int(status["threads"])  # torch threads it trained with
         if status["error"]:
             return {"error": str(status["error"]), "metrics": metrics, "arrays": None}
         arrays = arrays_from_record(content["arrays"])
@@ -330,41 +334,6 @@ class Server:
                 raise RunFailed("no Flower SuperNode connected within 120 s")
             self._check_halt("waiting for SuperNodes")
             time.sleep(0.2)
-
-    # ---------------------------------------------------------------- footprints (fedw2v footprint)
-
-    def _reference_states(self, r: int, lm: Any) -> Any:
-        """In a footprint round: the global model's hidden states on the indicator set, before the clients train."""
-        if r not in self.config.footprint_rounds:
-            return None
-        from fedw2v import footprint as fp
-        from fedw2v.device import resolve_device
-
-        if self._indicator is None:
-            self._indicator = fp.run_indicator(self.config, self.manifest)
-        return fp.ReferenceStates.compute(lm.model, lm.processor, self._indicator, resolve_device("auto"))
-
-    def _footprints(self, r: int, ok: dict[int, dict], reference: Any) -> None:
-        """Footprints of the round's successful updates (only these vectors are stored; with `save_updates` the
-        full updates too). The updates are loaded into a second model, built once."""
-        from fedw2v import footprint as fp
-        from fedw2v.weights import load_arrays
-        from fedw2v.model import load_model
-        from fedw2v.device import resolve_device
-
-        t0 = time.perf_counter()
-        if self._probe is None:
-            self._probe = load_model(self.base_model)
-        vectors = {}
-        for cid in sorted(ok):
-            load_arrays(self._probe.model, ok[cid]["arrays"])
-            vectors[cid] = fp.footprint(self._probe.model, self._probe.processor, reference, resolve_device("auto"))
-            if self.config.save_updates:
-                fp.write_update(self.run_dir, r, cid, ok[cid]["arrays"])
-        path = fp.write_footprints(self.run_dir, r, "test", vectors, reference.meta(), merge=False)
-        self._emit({"event": "footprints", "round": r, "clients": sorted(vectors),
-                    "file": str(path.relative_to(self.run_dir)), "updates_saved": self.config.save_updates,
-                    "seconds": time.perf_counter() - t0})
 
     # ---------------------------------------------------------------- evaluation, checkpoints, logging
 
@@ -410,7 +379,7 @@ class Server:
                     "best_wer": state.best_wer, "seconds": time.perf_counter() - t0})
         runs.publish_checkpoint(self.run_dir, name)
         protect = {0, r} | ({state.best_round} if state.best_round is not None else set())
-        protect |= set(self.config.footprint_rounds) | {x - 1 for x in self.config.footprint_rounds}
+        protect |= self.footprints.rounds_kept()
         runs.prune_checkpoints(self.run_dir, self.config.keep_checkpoints, protect)
 
     def _emit(self, event: dict) -> None:

@@ -76,6 +76,7 @@ def simulate(config: SimulateConfig, reporter: Any = None, verbose: bool = False
     from fedw2v.fl import preflight, ray_runtime
     from fedw2v.fl.server_app import check_run_dir
 
+    _check_precision(config)
     preflight.check(config)
     runtime = ray_runtime.RayRuntime(ray_runtime.choose(config.ray_address))
     runtime.check_reachable()
@@ -121,6 +122,16 @@ def _stop(engine: _Engine | None, runtime: Any, spawned: Spawned, abrupt: bool) 
         spawned.kill_now()
     if engine is not None:
         engine.join(3.0)
+
+
+def _check_precision(config: SimulateConfig) -> None:
+    """Clients of a local Ray train on this machine's CPU when it has no GPU: refuse bf16 there before anything
+    starts, not in each client. (A cluster's workers judge their own CPUs.)"""
+    if config.ray_address or plan_resources(config).total_gpus:
+        return
+    from fedw2v.device import resolve_precision
+
+    resolve_precision(config.train_config().precision, "cpu")
 
 
 def _start_ray(config: SimulateConfig, runtime: Any, verbose: bool) -> Resources:
