@@ -20,7 +20,8 @@ With --flower-nodes it also times what Flower's simulation engine does per regis
 poller asks the LinkState about every node every 0.1 s. fedw2v registers min(clients per round, parallel
 clients) nodes, never one per client, so this cost does not grow with the number of clients.
 
-    .venv/bin/python benchmarks/scale_clients.py [--sizes 20,2000] [--repeat 2] [--rounds 6] [--flower-nodes]
+    .venv/bin/python benchmarks/scale_clients.py [--sizes 20,2000] [--repeat 2] [--rounds 6] [--per-round 10]
+        [--flower-nodes] [--json FILE]
 """
 
 from __future__ import annotations
@@ -77,8 +78,8 @@ def _rss(pid: int) -> tuple[int, int]:
 def run_once(exe: str, clients: Path, run: Path, args: argparse.Namespace, env: dict) -> dict:
     shutil.rmtree(run, ignore_errors=True)
     cmd = [exe, "simulate", str(clients), "--run-dir", str(run), "--model", "tiny", "--recipe", "tiny",
-           "--rounds", str(args.rounds), "--clients-per-round", "10", "--local-epochs", "1", "--local-steps", "1",
-           "--eval-every", str(args.rounds + 1), "--cpus-per-client", "1", "--gpus-per-client", "0",
+           "--rounds", str(args.rounds), "--clients-per-round", str(args.per_round), "--local-epochs", "1",
+           "--local-steps", "1", "--eval-every", str(args.rounds + 1), "--cpus-per-client", "1", "--gpus-per-client", "0",
            "--seed", "0"]
     t0 = time.time()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -117,24 +118,48 @@ def flower_poll_cost(nodes: int, polls: int = 20) -> float:
     return (time.perf_counter() - t0) / polls
 
 
+def report(results: dict[int, list[dict]], sizes: list[int], repeat: int) -> dict[int, dict]:
+    """Print the medians per size and their ratios to the first size; return the medians."""
+    ref, keys = sizes[0], ("startup", "round", "client", "rss")
+    med = {n: {k: statistics.median(r[k] for r in results[n]) for k in keys} for n in sizes}
+    print(f"\n{'clients':>7} {'startup s':>10} {'round s':>8} {'client s':>9} {'server RSS MiB':>15} "
+          f"{'round ratio':>12} {'RSS growth MiB':>15}")
+    for n in sizes:
+        m = med[n]
+        m["round_ratio"] = m["round"] / med[ref]["round"]
+        m["rss_growth"] = m["rss"] - med[ref]["rss"]
+        print(f"{n:7d} {m['startup']:10.1f} {m['round']:8.2f} {m['client']:9.2f} {m['rss'] / 2**20:15.0f} "
+              f"{m['round_ratio']:12.3f} {m['rss_growth'] / 2**20:15.0f}")
+    print(f"(medians of {repeat} runs per size; goals: round ratio <= 1.1, startup <= 60 s, RSS growth <= 200 MiB)")
+    return med
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="20,2000", help="client counts, the first is the reference")
     ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=6, help="rounds per run (at least 3: rounds 2..N-1 are timed)")
+    ap.add_argument("--per-round", type=int, default=10, help="clients per round (the issue's: 10)")
+    ap.add_argument("--minutes", type=float, default=2.0, help="minutes of synthetic speech in the corpus")
     ap.add_argument("--flower-nodes", action="store_true", help="also time Flower's per-node polling")
+    ap.add_argument("--json", type=Path, help="also write the runs and medians here")
+    ap.add_argument("--manifest", type=Path, help="a prepared manifest to draw from (default: synthesise a corpus)")
     ap.add_argument("--keep", type=Path, help="work here and keep the files")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    if args.rounds < 3 or args.per_round > min(sizes):
+        ap.error("--rounds must be at least 3 and --per-round at most the smallest size")
     exe = str(Path(sys.executable).with_name("fedw2v"))
     work = args.keep or Path(tempfile.mkdtemp(prefix="fedw2v-scale-"))
     env = dict(os.environ, FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1", FEDW2V_RUNS=str(work / "runs"))
     env.pop("RAY_ADDRESS", None)
     try:
-        for step in (["synth", str(work / "corpus"), "--speakers", "6", "--minutes", "2", "--seed", "1", "--force"],
-                     ["prepare", str(work / "corpus"), "-o", str(work / "manifest.parquet")]):
+        source = args.manifest or work / "manifest.parquet"
+        synth = ["synth", str(work / "corpus"), "--speakers", "6", "--minutes", str(args.minutes), "--seed", "1",
+                 "--force"]
+        for step in ([] if args.manifest else (synth, ["prepare", str(work / "corpus"), "-o", str(source)])):
             subprocess.run([exe, *step], env=env, check=True, capture_output=True)
-        manifests = {n: clients_manifest(work / "manifest.parquet", work / f"clients-{n}.parquet", n) for n in sizes}
+        manifests = {n: clients_manifest(source, work / f"clients-{n}.parquet", n) for n in sizes}
         results: dict[int, list[dict]] = {n: [] for n in sizes}
         for rep in range(args.repeat):
             for n in (sizes if rep % 2 == 0 else sizes[::-1]):  # interleaved, alternating order
@@ -142,21 +167,16 @@ def main() -> None:
                 results[n].append(r)
                 print(f"repeat {rep + 1}: {n:5d} clients  startup {r['startup']:5.1f} s  round {r['round']:5.2f} s  "
                       f"client call {r['client']:5.2f} s  server RSS {r['rss'] / 2**20:6.0f} MiB", flush=True)
-        ref = sizes[0]
-        keys = ("startup", "round", "client", "rss")
-        med = {n: {k: statistics.median(r[k] for r in results[n]) for k in keys} for n in sizes}
-        print(f"\n{'clients':>7} {'startup s':>10} {'round s':>8} {'client s':>9} {'server RSS MiB':>15} "
-              f"{'round ratio':>12} {'RSS growth MiB':>15}")
-        for n in sizes:
-            m = med[n]
-            print(f"{n:7d} {m['startup']:10.1f} {m['round']:8.2f} {m['client']:9.2f} {m['rss'] / 2**20:15.0f} "
-                  f"{m['round'] / med[ref]['round']:12.3f} {(m['rss'] - med[ref]['rss']) / 2**20:15.0f}")
-        print(f"(medians of {args.repeat} runs per size; goals: round ratio <= 1.1, startup <= 60 s, RSS growth "
-              "<= 200 MiB)")
+        med = report(results, sizes, args.repeat)
+        poll = {}
         if args.flower_nodes:
             for n in (10, 2000):
-                print(f"Flower's poller, {n:5d} registered nodes: {1000 * flower_poll_cost(n):8.2f} ms per pass "
+                poll[n] = flower_poll_cost(n)
+                print(f"Flower's poller, {n:5d} registered nodes: {1000 * poll[n]:8.2f} ms per pass "
                       "(one pass every 0.1 s)")
+        if args.json:
+            args.json.write_text(json.dumps({"runs": results, "medians": med, "flower_poll_seconds": poll,
+                                             "args": {k: str(v) for k, v in vars(args).items()}}, indent=1))
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
