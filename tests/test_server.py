@@ -274,7 +274,7 @@ def test_a_client_that_never_answers_fails_the_round_after_round_timeout(fl_clie
     assert all(np.isfinite(v).all() for v in _weights(run, 2).values())
 
 
-class SilentGrid(FakeGrid):
+class MuteGrid(FakeGrid):
     """Accepts every message and never answers (a backend that died under the round)."""
 
     def __init__(self):
@@ -296,7 +296,7 @@ class SilentGrid(FakeGrid):
 def test_a_halt_stops_a_server_waiting_for_replies_that_cannot_come(fl_clients, tmp_path):
     """Without --round-timeout the server waits for replies forever; `fedw2v simulate` halts it when Ray dies, on
     Ctrl-C or when Flower's engine ends, and it stops within a moment, its last checkpoint intact."""
-    grid, halt, seen = SilentGrid(), Halt(), {}
+    grid, halt, seen = MuteGrid(), Halt(), {}
 
     def run():
         try:
