@@ -250,6 +250,8 @@ def footprint_table(report: Any) -> Any:
     ind = report.indicator
     excluded = f"; {ind['excluded_utterances']} utterances of analysed speakers left out" if ind.get(
         "excluded_utterances") else ""
+    if getattr(report, "defence", ""):
+        facts.add_row("defence", report.defence)
     facts.add_row("indicator", f"{ind['utterances']} utterances ({ind['seconds']:.0f} s, {len(ind['speakers'])} "
                   f"speakers) of split {ind['split'] or '?'} from {ind['manifest']}{excluded}")
     for r in report.rounds:
