@@ -31,7 +31,7 @@ PRETRAINED   = fedw2v/data/tiny-pretrained
 
 help:
 	@echo "make demo        install, then the whole pipeline on a synthetic corpus in ./$(DEMO): synth, prepare,"
-	@echo "                 partition, simulate, evaluate, transcribe, participation, footprint"
+	@echo "                 partition, simulate, lm build, evaluate, transcribe, participation, footprint"
 	@echo "make test        install, then run the test suite"
 	@echo "make pretrained  install, then rebuild $(PRETRAINED), the demo's starting model (~20 min)"
 	@echo "make bench       install, then run the benchmarks (figures go to BENCHMARKS.md by hand)"
@@ -63,15 +63,19 @@ demo: install
 	rm -rf $(DEMO_RUN); \
 	echo "== federated fine-tuning of $(DEMO_MODEL): $(DEMO_ROUNDS) rounds"; \
 	$(VENV)/bin/fedw2v simulate $(DEMO)/clients.parquet --run-dir $(DEMO_RUN) $(DEMO_FL); \
-	echo "== the final global model on the held-out test speakers"; \
-	$(VENV)/bin/fedw2v evaluate $(DEMO_RUN) --manifest $(DEMO)/clients.parquet --split test --by speaker; \
+	echo "== a 4-gram LM and a lexicon from the train split's text (the clients' sentences; never dev or test)"; \
+	$(VENV)/bin/fedw2v lm build $(DEMO)/clients.parquet -o $(DEMO)/lm --model $(DEMO_RUN); \
+	echo "== the final global model on the held-out test speakers: greedy, and beam search with the LM"; \
+	$(VENV)/bin/fedw2v evaluate $(DEMO_RUN) --manifest $(DEMO)/clients.parquet --split test --by speaker \
+	    --decoder beam --lm $(DEMO)/lm; \
 	talk=$$(ls $(DEMO)/corpus/legacy/test/sph/*.sph | head -n 1); \
 	stm=$(DEMO)/corpus/legacy/test/stm/$$(basename $${talk%.sph}).stm; \
 	end=$$(grep -v ignore_time_segment_in_scoring $$stm | sed -n 3p | cut -d' ' -f5); \
 	$(PY) -c "import soundfile as sf, sys; a, r = sf.read(sys.argv[1]); sf.write(sys.argv[2], a[: int(float(sys.argv[3]) * r)], r)" \
 	    $$talk $(DEMO)/sample.wav $$end; \
-	echo "== transcription of $(DEMO)/sample.wav, the first $$end s of the held-out test talk $$talk"; \
+	echo "== transcription of $(DEMO)/sample.wav, the first $$end s of the held-out test talk $$talk: greedy, beam + LM"; \
 	$(VENV)/bin/fedw2v transcribe $(DEMO)/sample.wav --model $(DEMO_RUN); \
+	$(VENV)/bin/fedw2v transcribe $(DEMO)/sample.wav --model $(DEMO_RUN) --decoder beam --lm $(DEMO)/lm; \
 	echo "== its reference ($$stm)"; \
 	grep -v ignore_time_segment_in_scoring $$stm | head -n 3 | cut -d' ' -f7-; \
 	echo "== WER by participation (every client's local test split, every kept checkpoint)"; \

@@ -1,4 +1,5 @@
-"""Transcription speed: `fedw2v transcribe`'s decoding against the Hugging Face ASR pipeline, same model, same audio.
+"""Transcription speed: `fedw2v transcribe`'s decoding against the Hugging Face ASR pipeline, same model, same audio;
+beam search + LM beside greedy; and transcribe's peak memory on long audio.
 
 The model is wav2vec2-base size (95M parameters: 7-layer group-norm CNN, 12 transformer blocks of 768) with a
 CTC head over the fedw2v character vocabulary, random init, saved once as a Hugging Face directory that both
@@ -10,17 +11,28 @@ alternating, after one warm-up call each, best and median of --repeat calls:
 - hf-pipeline-chunked: the same with ``chunk_length_s=30`` (its own long-audio mode);
 - fedw2v: `fedw2v.audio.load_audio` (reads the WAV file too) + `Decoder.transcribe` with the defaults of
   ``fedw2v transcribe`` (30 s chunks, 1 s of context on each side);
-- fedw2v-one-pass: the same in one pass over the whole file (its text must equal the pipeline's).
+- fedw2v-one-pass: the same in one pass over the whole file (its text must equal the pipeline's);
+- fedw2v-beam: the same as fedw2v with ``--decoder beam`` at beam size 50: a 4-gram LM and lexicon built by
+  `fedw2v lm build` from the benchmark's sentences, lexicon decoding with KenLM (flashlight-text);
+- beam-search-only: that beam search alone over the file's stitched log-probabilities (computed once).
 
-    .venv/bin/python benchmarks/transcribe.py [--seconds 60] [--repeat 3] [--threads N]
+Wall and process CPU seconds are both recorded; on a shared machine the CPU ratio is the steadier one.
 
-Goal (issue 4): fedw2v no slower than the pipeline (ratio fedw2v / hf-pipeline <= 1), on CPU.
+Memory (--memory): peak RSS of a fresh ``fedw2v transcribe FILE --model tiny --format srt`` process (the tiny
+model, random init) on 8 kHz silence of 1 s (the process's baseline: imports and model), 1 minute and
+--memory-hours hours (default 3), from the kernel's accounting of each child (``os.wait4``).
+
+    .venv/bin/python benchmarks/transcribe.py [--seconds 60] [--repeat 3] [--threads N] [--memory]
+
+Goals: fedw2v no slower than the pipeline (ratio fedw2v / hf-pipeline <= 1, issue 4); beam at size 50 at most
+1.5x greedy's wall time (issue 14); peak memory that does not grow with the file's length (issue 11).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -78,13 +90,72 @@ def make_model(path: Path) -> int:
     return num_parameters(model)
 
 
+def make_lm(directory: Path) -> Path:
+    """`fedw2v lm build` over the benchmark's sentences: a 4-gram LM and lexicon in the base characters."""
+    from fedw2v.lm.build import LmBuildConfig, build
+
+    text = directory / "lm-text.txt"
+    text.write_text("\n".join(SENTENCES) + "\n")
+    return build([text], directory / "lm", LmBuildConfig()).out_dir
+
+
+def write_silence(path: Path, seconds: float, rate: int = 8000) -> None:
+    """``seconds`` of 16-bit silence at ``rate``, written 10 minutes at a time."""
+    import soundfile as sf
+
+    left = int(seconds * rate)
+    with sf.SoundFile(str(path), "w", rate, 1, "PCM_16") as fh:
+        while left > 0:
+            n = min(left, rate * 600)
+            fh.write(np.zeros(n, np.int16))
+            left -= n
+
+
+def peak_rss_mb(path: Path, threads: int | None) -> tuple[float, float]:
+    """(peak RSS in MB, wall seconds) of one ``fedw2v transcribe`` process on ``path`` with the tiny model."""
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "fedw2v.cli", "transcribe", str(path), "--model", "tiny",
+                             "--format", "srt"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise SystemExit(f"transcribe of {path} failed: {proc.stderr.read().decode()[-500:]}")
+    return usage.ru_maxrss / 1024, time.perf_counter() - t0
+
+
+def memory(hours: float, threads: int | None) -> dict:
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, seconds in (("1 s", 1.0), ("1 min", 60.0), (f"{hours:g} h", hours * 3600)):
+            path = Path(tmp) / "silence.wav"
+            write_silence(path, seconds)
+            rss, wall = peak_rss_mb(path, threads)
+            out[label] = {"audio_seconds": seconds, "peak_rss_mb": round(rss, 1), "wall_s": round(wall, 1)}
+            path.unlink()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--memory", action="store_true", help="also measure transcribe's peak RSS on long audio")
+    ap.add_argument("--memory-hours", type=float, default=3.0)
+    ap.add_argument("--no-speed", action="store_true", help="only the memory measurement")
     args = ap.parse_args()
+    result = {} if args.no_speed else speed(args)
+    if args.memory:
+        result["peak_rss"] = memory(args.memory_hours, args.threads)
+    print(json.dumps(result, indent=2))
+    if "peak_rss" in result:
+        m = result["peak_rss"]
+        print("\n| " + " | ".join(f"{k}: {v['peak_rss_mb']:.0f} MB" for k, v in m.items()) + " |", file=sys.stderr)
 
+
+def speed(args: argparse.Namespace) -> dict:
     import torch
 
     if args.threads:
@@ -93,8 +164,10 @@ def main() -> None:
     from transformers import pipeline
     from transformers.utils import logging as hf_logging
 
+    from fedw2v import beam
     from fedw2v.audio import load_audio
-    from fedw2v.decode import Decoder
+    from fedw2v.config.decode import DecodeConfig
+    from fedw2v.decode import Chunks, Decoder, stitch_stream
     from fedw2v.model import load_model
 
     hf_logging.set_verbosity_error()
@@ -103,26 +176,35 @@ def main() -> None:
         wav, model_dir = Path(tmp) / "audio.wav", Path(tmp) / "model"
         audio = make_audio(args.seconds, wav)
         params = make_model(model_dir)
-        asr = pipeline("automatic-speech-recognition", model=str(model_dir), device="cpu")
+        asr = pipeline("automatic-speech-recognition", model=str(model_dir), device="cpu", trust_remote_code=False)
         loaded = load_model(str(model_dir))
         dec = Decoder(loaded.model, loaded.processor, "cpu")
+        config = DecodeConfig(decoder="beam", lm=str(make_lm(Path(tmp))), beam_size=50)
+        search = beam.for_model(beam.prepare(config), config, loaded)
         runs = {
             "hf-pipeline": lambda: asr({"raw": audio.copy(), "sampling_rate": 16000})["text"],
             "hf-pipeline-chunked": lambda: asr({"raw": audio.copy(), "sampling_rate": 16000}, chunk_length_s=30)["text"],
             "fedw2v": lambda: dec.transcribe(load_audio(wav)).text,
             "fedw2v-one-pass": lambda: dec.transcribe(load_audio(wav), chunk_s=args.seconds + 1).text,
+            "fedw2v-beam": lambda: dec.transcribe(load_audio(wav), beam=search).text,
         }
+        # the beam search alone, over the stitched log-probabilities of the file (what beam adds to greedy)
+        stitched = np.concatenate(list(stitch_stream(dec.emissions, Chunks([audio], dec.hop, 30.0, 1.0), dec.hop, 2)))
+        runs["beam-search-only"] = lambda: search.decode(stitched)[0]
         times: dict[str, list[float]] = {k: [] for k in runs}
+        cpu: dict[str, list[float]] = {k: [] for k in runs}
         texts = {}
         for name, fn in runs.items():
             texts[name] = fn()  # warm-up
         for _ in range(args.repeat):
             for name, fn in runs.items():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 fn()
                 times[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
     best = {k: min(v) for k, v in times.items()}
     med = {k: statistics.median(v) for k, v in times.items()}
+    best_cpu = {k: min(v) for k, v in cpu.items()}
     result = {
         "audio_seconds": args.seconds,
         "params": params,
@@ -133,20 +215,29 @@ def main() -> None:
         "ratio_fedw2v_vs_pipeline_best": best["fedw2v"] / best["hf-pipeline"],
         "ratio_fedw2v_vs_pipeline_median": med["fedw2v"] / med["hf-pipeline"],
         "ratio_fedw2v_vs_pipeline_chunked_best": best["fedw2v"] / best["hf-pipeline-chunked"],
+        # beam search + LM (size 50) against greedy, both through Decoder.transcribe, interleaved
+        "ratio_beam_vs_greedy_best": best["fedw2v-beam"] / best["fedw2v"],
+        "ratio_beam_vs_greedy_median": med["fedw2v-beam"] / med["fedw2v"],
+        "ratio_beam_vs_greedy_per_repeat": [b / g for b, g in zip(times["fedw2v-beam"], times["fedw2v"])],
+        # process CPU seconds (both threads), less sensitive than wall time to other jobs on a shared machine
+        "best_cpu_s": best_cpu,
+        "ratio_beam_vs_greedy_cpu_best": best_cpu["fedw2v-beam"] / best_cpu["fedw2v"],
+        "beam_search_share_of_greedy": best["beam-search-only"] / best["fedw2v"],
         # One pass over the whole file, like the pipeline's default: the same frames, so the same text.
         "one_pass_same_text_as_pipeline": " ".join(texts["fedw2v-one-pass"].split())
         == " ".join(texts["hf-pipeline"].split()),
     }
-    print(json.dumps(result, indent=2))
     print(
         f"\n| {args.seconds:g} s audio, {params / 1e6:.0f}M params, CPU {result['threads']} threads | "
         f"hf-pipeline {best['hf-pipeline']:.2f} s (RTF {best['hf-pipeline'] / args.seconds:.3f}) | "
         f"hf-pipeline chunk 30 s {best['hf-pipeline-chunked']:.2f} s | "
         f"fedw2v {best['fedw2v']:.2f} s (RTF {best['fedw2v'] / args.seconds:.3f}) | "
-        f"fedw2v one pass {best['fedw2v-one-pass']:.2f} s | "
-        f"ratio {result['ratio_fedw2v_vs_pipeline_best']:.2f} |",
+        f"fedw2v one pass {best['fedw2v-one-pass']:.2f} s | fedw2v beam 50 + LM {best['fedw2v-beam']:.2f} s | "
+        f"ratio {result['ratio_fedw2v_vs_pipeline_best']:.2f} | beam / greedy {result['ratio_beam_vs_greedy_best']:.2f} "
+        f"(CPU {result['ratio_beam_vs_greedy_cpu_best']:.2f}; the search alone {best['beam-search-only']:.2f} s) |",
         file=sys.stderr,
     )
+    return result
 
 
 if __name__ == "__main__":

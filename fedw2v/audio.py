@@ -2,12 +2,16 @@
 
 Segments are read straight from their source file (NIST SPHERE, WAV, FLAC, …) with libsndfile seeking to the
 first frame: nothing is converted or cached. Several channels are averaged to one; other sample rates are
-resampled with soxr. Every failure is an `InputError` that names the file.
+resampled with soxr. A whole file can also be read as a stream of blocks (`stream_audio`: libsndfile reads a
+block, soxr's streaming resampler converts it), so that a long recording never sits in memory whole. Samples
+that are NaN or infinite are an error naming the file and the time of the first one. Every failure is an
+`InputError` that names the file.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
 SAMPLE_RATE = 16_000  # what wav2vec 2.0 models take
+STREAM_BLOCK_S = 10.0  # seconds of audio read at a time by `stream_audio`
 
 
 def to_mono(samples: np.ndarray) -> np.ndarray:
@@ -62,28 +67,106 @@ def read_segment(path: str | os.PathLike, start: float, end: float, target_rate:
         raise
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
         raise InputError(f"{path}: cannot read audio ({_reason(exc)})") from None
+    check_finite(samples, path, rate, start)
     return resample(to_mono(samples), rate, target_rate)
 
 
-def load_audio(path: str | os.PathLike, target_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """A whole file as 16 kHz mono float32: anything libsndfile reads (wav, flac, ogg, mp3, sph, …), else
-    whatever librosa reads. InputError for a missing, empty or unreadable file, or one without samples."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: no such file")
-    if p.is_dir():
-        raise InputError(f"{p}: is a directory, not an audio file")
+def check_finite(samples: np.ndarray, path: str | os.PathLike, rate: int, offset_s: float = 0.0) -> None:
+    """InputError naming the file and the time of the first NaN or infinite sample, if there is one."""
+    import numpy as np
+
+    bad = ~np.isfinite(samples)
+    if bad.any():
+        frame = int(np.flatnonzero(bad.any(axis=1) if bad.ndim == 2 else bad)[0])
+        raise InputError(
+            f"{path}: {int(bad.sum())} audio samples are NaN or infinite (the first at "
+            f"{offset_s + frame / rate:.2f} s)",
+            hint="repair or re-export the file",
+        )
+
+
+def _check_file(p: Path) -> None:
+    """InputError for a path that is missing, a directory, unreadable or empty."""
     try:
+        if p.is_dir():
+            raise InputError(f"{p}: is a directory, not an audio file")
         size = p.stat().st_size
+    except FileNotFoundError:
+        raise InputError(f"{p}: no such file") from None
     except OSError as exc:
         raise InputError(f"{p}: cannot read ({_reason(exc)})") from None
     if size == 0:
         raise InputError(f"{p}: empty file")
+    try:
+        with open(p, "rb"):
+            pass
+    except OSError as exc:
+        raise InputError(f"{p}: cannot read ({_reason(exc)})") from None
+
+
+def stream_audio(
+    path: str | os.PathLike, target_rate: int = SAMPLE_RATE, block_s: float = STREAM_BLOCK_S
+) -> Iterator[np.ndarray]:
+    """A whole file as consecutive blocks of 16 kHz mono float32 whose concatenation is what `load_audio`
+    returns. Files libsndfile reads are read ``block_s`` seconds at a time and resampled as a stream, so
+    memory does not grow with the file's length; other formats (through librosa) are read whole. The checks
+    of `load_audio` apply (raised when the stream is started or reaches the problem)."""
+    import numpy as np
+    import soundfile as sf
+
+    p = Path(path)
+    _check_file(p)
+    try:
+        fh = sf.SoundFile(str(p))
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+        fh = None
+    except OSError as exc:
+        raise InputError(f"{p}: cannot read ({_reason(exc)})") from None
+    if fh is None:  # not a format libsndfile reads: librosa, whole
+        samples, rate = _read_librosa(p)
+        if samples.shape[0] == 0:
+            raise InputError(f"{p}: no audio samples in the file")
+        check_finite(samples, p, rate)
+        yield resample(to_mono(samples), rate, target_rate)
+        return
+    with fh:
+        rate = fh.samplerate
+        resampler = None
+        if rate != target_rate:
+            import soxr
+
+            resampler = soxr.ResampleStream(rate, target_rate, 1, dtype="float32", quality="HQ")
+        block, done = max(1, int(block_s * rate)), 0
+        while True:
+            try:
+                samples = fh.read(block, dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+                raise InputError(f"{p}: cannot read audio at {done / rate:.2f} s ({_reason(exc)})") from None
+            last = samples.shape[0] < block
+            check_finite(samples, p, rate, done / rate)
+            if done == 0 and samples.shape[0] == 0:
+                raise InputError(f"{p}: no audio samples in the file")
+            done += samples.shape[0]
+            mono = to_mono(samples)
+            out = resampler.resample_chunk(mono, last=last) if resampler is not None else mono
+            if out.size:
+                yield np.ascontiguousarray(out, dtype=np.float32)
+            if last:
+                return
+
+
+def load_audio(path: str | os.PathLike, target_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """A whole file as 16 kHz mono float32: anything libsndfile reads (wav, flac, ogg, mp3, sph, …), else
+    whatever librosa reads. InputError for a missing, empty or unreadable file, one without samples or with
+    NaN or infinite samples."""
+    p = Path(path)
+    _check_file(p)
     samples, rate = _read_soundfile(p)
     if samples is None:
         samples, rate = _read_librosa(p)
     if samples.shape[0] == 0:
         raise InputError(f"{p}: no audio samples in the file")
+    check_finite(samples, p, rate)
     return resample(to_mono(samples), rate, target_rate)
 
 
@@ -120,5 +203,7 @@ def _read_librosa(path: Path):
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror  # "Permission denied", without the errno and the path said already
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__) or type(exc).__name__

@@ -1,50 +1,37 @@
 """The `fedw2v` command: one thin command per stage (parse -> typed config -> call -> render).
 
 Heavy libraries (torch, transformers, flwr, ray, pyarrow, numpy) are imported inside the commands, so
-`fedw2v --help` stays instant. Domain errors become one-line messages and exit codes in `_Group.invoke`,
-the only place that does so (the mapping itself is in fedw2v.errors).
+`fedw2v --help` stays instant. Errors become one-line messages and exit codes in one place,
+`fedw2v.cli_group.ErrorMappingGroup` (what the commands raise, Ctrl-C, a closed stdout pipe, and what click refuses
+on the command line); the mapping itself is in fedw2v.errors. Options are declared once, in the config classes
+(`fedw2v.config.options`); `fedw2v.cli_options` turns the declarations into Typer options.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
 import click
 import typer
-from typer.core import TyperGroup
 
 from fedw2v import __version__
-from fedw2v.cli_options import build, config_or_usage_error, declared
+from fedw2v.cli_group import ErrorMappingGroup
+from fedw2v.cli_lm import lm_app
+from fedw2v.cli_options import OutputPath, build, config_or_usage_error, declared
+from fedw2v.config.decode import DecodeConfig
 from fedw2v.config.footprint import FootprintConfig
 from fedw2v.config.simulate import SimulateConfig
 from fedw2v.config.train import ALLOW_PICKLE_HELP, MODEL_HELP, TrainConfig, TrainRunConfig
 from fedw2v.evaluate import EvaluateConfig
+from fedw2v.partition import PartitionConfig
 from fedw2v.transcribe import TranscribeConfig
 from fedw2v.device import DEVICE_HELP
-from fedw2v.errors import InputError, UsageError, exit_code_for, format_error
-
-
-class _Group(TyperGroup):
-    """Maps every exception escaping a command to one line on stderr and an exit code (--debug: traceback)."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
-            raise
-        except Exception as exc:  # noqa: BLE001 -- this is the one place errors are turned into messages
-            if (ctx.obj or {}).get("debug") or os.environ.get("FEDW2V_DEBUG") == "1":
-                raise
-            from fedw2v.ui.console import err_console
-
-            err_console.print(format_error(exc), markup=False, soft_wrap=True)
-            raise click.exceptions.Exit(exit_code_for(exc)) from None
+from fedw2v.errors import InputError, UsageError
 
 
 app = typer.Typer(
-    cls=_Group,
+    cls=ErrorMappingGroup,
     name="fedw2v",
     help="Federated fine-tuning of wav2vec 2.0 speech recognisers, with speaker-privacy analysis.",
     no_args_is_help=True,
@@ -53,8 +40,12 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+app.add_typer(lm_app, name="lm")
+
 # Typed parameters declared once and reused by the commands.
-ManifestOut = Annotated[Path, typer.Option("--output", "-o", help="Manifest file to write (Parquet).", dir_okay=False)]
+ManifestOut = Annotated[
+    Path, typer.Option("--output", "-o", help="Manifest file to write (Parquet).", click_type=OutputPath("file"))
+]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed (same seed, same result).")]
 
 
@@ -171,35 +162,11 @@ def prepare(
 
 
 @app.command()
+@declared(PartitionConfig)
 def partition(
     ctx: typer.Context,
     manifest_path: Annotated[Path, typer.Argument(metavar="MANIFEST", help="Manifest made by `fedw2v prepare`.")],
     output: ManifestOut,
-    scheme: Annotated[
-        str, typer.Option(help="speaker (the paper: one client per speaker) | iid | dirichlet.")
-    ] = "speaker",
-    num_clients: Annotated[
-        int | None, typer.Option("--num-clients", help="Number of clients (iid, dirichlet).")
-    ] = None,
-    alpha: Annotated[
-        float, typer.Option(help="Dirichlet concentration (dirichlet): small = unequal clients, large = near iid.")
-    ] = 0.5,
-    unit: Annotated[
-        str, typer.Option(help="What iid/dirichlet deal to clients: speaker (whole speakers) | utterance.")
-    ] = "speaker",
-    local_split: Annotated[
-        str, typer.Option("--local-split", help="Each client's local train,dev,test fractions.")
-    ] = "0.8,0.1,0.1",
-    holdout_minutes: Annotated[
-        float, typer.Option(help="Minutes of local train held out (never trained on) per client; 0: none.")
-    ] = 5.0,
-    holdout_min_minutes: Annotated[
-        float, typer.Option(help="Only clients with more speech than this many minutes get a holdout.")
-    ] = 10.0,
-    max_clients: Annotated[
-        int | None, typer.Option("--max-clients", help="Keep only the K clients with the most speech.")
-    ] = None,
-    seed: Seed = 0,
     from_lists: Annotated[
         Path | None,
         typer.Option("--from-lists", help="Import the authors' client lists (DIR/client_<k>/ted_*.csv) instead."),
@@ -208,16 +175,36 @@ def partition(
         str, typer.Option(help="With --from-lists, an id listed more than once: first (first client wins) | drop.")
     ] = "first",
     plot: Annotated[
-        Path | None, typer.Option("--plot", help="Also write a PNG histogram of minutes per client.", dir_okay=False)
+        Path | None,
+        typer.Option("--plot", help="Also write a PNG histogram of minutes per client.", click_type=OutputPath("file")),
     ] = None,
+    **options: Any,
 ) -> None:
     """Split the corpus train utterances into federated clients with local train/dev/test/holdout splits."""
+    from fedw2v.partition import run as partition_run
+    from fedw2v.ui.console import console, err_console
+    from fedw2v.ui.render import import_warnings, partition_table
+
+    config = _partition_config(ctx, options, from_lists, duplicates)
+    if plot is not None and (plot.suffix.lower() != ".png" or plot.is_dir()):
+        raise UsageError(f"--plot {plot}: must be a .png file path")
+    result = partition_run.run(manifest_path, output, config, options["max_clients"], plot)
+    for line in import_warnings(result.imported, manifest_path) if from_lists is not None else []:
+        err_console.print(line, markup=False, soft_wrap=True)
+    console.print(partition_table(result))
+    console.print(
+        f"wrote {result.stats.clients} clients ({result.table.num_rows} utterances) to {output}"
+        + (f"; histogram {plot}" if plot is not None else ""),
+        soft_wrap=True,
+    )
+
+
+def _partition_config(ctx: typer.Context, options: dict[str, Any], from_lists: Path | None, duplicates: str) -> Any:
+    """A scheme's PartitionConfig, or the lists to import; options that do not apply are refused, naming them."""
     from click.core import ParameterSource
 
     from fedw2v import partition as part
-    from fedw2v import partition_run
-    from fedw2v.ui.console import console, err_console
-    from fedw2v.ui.render import import_warnings, partition_table
+    from fedw2v.partition.run import ListsImport
 
     def given(*names: str) -> list[str]:
         return [
@@ -231,31 +218,14 @@ def partition(
             raise UsageError(f"--from-lists imports the authors' clients as they are; {', '.join(clash)} do not apply")
         if duplicates not in part.DUPLICATE_POLICIES:
             raise UsageError(f"--duplicates must be one of {', '.join(part.DUPLICATE_POLICIES)}, not {duplicates!r}")
-        config: Any = partition_run.ListsImport(from_lists, duplicates)
-    else:
-        if given("duplicates"):
-            raise UsageError("--duplicates applies to --from-lists only")
-        if scheme != "dirichlet" and given("alpha"):
-            raise UsageError("--alpha applies to --scheme dirichlet only")
-        if scheme == "speaker" and given("unit"):
-            raise UsageError("--unit applies to --scheme iid and dirichlet only")
-        fractions = config_or_usage_error(part.parse_local_split, local_split)
-        config = config_or_usage_error(
-            part.PartitionConfig, scheme=scheme, num_clients=num_clients, alpha=alpha, unit=unit,
-            local_split=fractions, holdout_minutes=holdout_minutes, holdout_min_minutes=holdout_min_minutes,
-            max_clients=max_clients, seed=seed,
-        )  # fmt: skip
-    if plot is not None and (plot.suffix.lower() != ".png" or plot.is_dir()):
-        raise UsageError(f"--plot {plot}: must be a .png file path")
-    result = partition_run.run(manifest_path, output, config, max_clients, plot)
-    for line in import_warnings(result.imported, manifest_path) if from_lists is not None else []:
-        err_console.print(line, markup=False, soft_wrap=True)
-    console.print(partition_table(result))
-    console.print(
-        f"wrote {result.stats.clients} clients ({result.table.num_rows} utterances) to {output}"
-        + (f"; histogram {plot}" if plot is not None else ""),
-        soft_wrap=True,
-    )
+        return ListsImport(from_lists, duplicates)
+    if given("duplicates"):
+        raise UsageError("--duplicates applies to --from-lists only")
+    if options["scheme"] != "dirichlet" and given("alpha"):
+        raise UsageError("--alpha applies to --scheme dirichlet only")
+    if options["scheme"] == "speaker" and given("unit"):
+        raise UsageError("--unit applies to --scheme iid and dirichlet only")
+    return build(PartitionConfig, options)
 
 
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help=MODEL_HELP)]
@@ -302,7 +272,7 @@ def train(
 
 
 @app.command()
-@declared(EvaluateConfig)
+@declared(EvaluateConfig, DecodeConfig)
 def evaluate(
     model: Annotated[str, typer.Argument(metavar="MODEL", help=MODEL_HELP)],
     manifest_path: Annotated[
@@ -311,7 +281,8 @@ def evaluate(
     ] = None,
     by: Annotated[str | None, typer.Option("--by", help="Also score per group: speaker.")] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Write the hypotheses (and per-utterance errors) to this Parquet file.")
+        Path | None, typer.Option("--out", help="Write the hypotheses (and per-utterance errors) to this Parquet file.",
+                                  click_type=OutputPath("file"))
     ] = None,
     allow_pickle: AllowPickle = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the scores as JSON only.")] = False,
@@ -322,48 +293,53 @@ def evaluate(
     rounds: Annotated[str, typer.Option(help="With --participation: checkpoint rounds to score [default: all kept].")]
     = "",
     plot: Annotated[
-        Path | None, typer.Option(help="With --participation: PNG plot path [default: RUN/plots/participation.png].")
+        Path | None, typer.Option(help="With --participation: PNG plot path [default: RUN/plots/participation.png].",
+                                  click_type=OutputPath("file"))
     ] = None,
     **options: Any,
 ) -> None:
     """Decode a whole corpus split (no length filter) and score it: WER and CER, optionally per speaker."""
     import json
 
+    from fedw2v import beam, manifest
     from fedw2v import evaluate as ev
-    from fedw2v import manifest
     from fedw2v.model import load_model
     from fedw2v.ui.console import console, progress_bar
-    from fedw2v.ui.render import evaluate_table, speaker_table
+    from fedw2v.ui.render import evaluate_report
 
-    config = build(EvaluateConfig, options)
+    config, decode = build(EvaluateConfig, options), build(DecodeConfig, options)
     if participation:
-        _evaluate_participation(model, manifest_path, rounds, plot, config.device, json_out)
+        _evaluate_participation(model, manifest_path, rounds, plot, config.device, json_out, decode.beam)
         return
-    if manifest_path is None:
-        raise UsageError("--manifest is required (except with --participation)")
-    if by not in (None, "speaker"):
-        raise UsageError(f"--by must be speaker, not {by!r}")
-    source = manifest.read(manifest_path)
+    source = manifest.read(_evaluate_manifest(manifest_path, by), allow_outside_audio=config.allow_outside_audio)
     ev.split_rows(source, config.split)  # fail before loading the model
+    files = beam.prepare(decode)
     loaded = load_model(model, allow_pickle=allow_pickle)
     if not json_out:
         _say_model(loaded)
+    search = beam.for_model(files, decode, loaded, say=None if json_out else _say, weights=False)
     with progress_bar(f"decoding {config.split}") as update:
-        result = ev.evaluate(source, loaded.model, loaded.processor, config, str(loaded.source), progress=update)
+        result = ev.evaluate(source, loaded.model, loaded.processor, config, str(loaded.source), progress=update,
+                             search=search, decode=decode, say=None if json_out else _say)
     if out is not None:
         ev.write_hypotheses(result, out)
     if json_out:
         typer.echo(json.dumps(result.to_dict(speakers=by == "speaker")))
         return
-    console.print(evaluate_table(result))
-    if by == "speaker":
-        console.print(speaker_table(result))
-    if out is not None:
-        console.print(f"wrote {result.hypotheses.num_rows} hypotheses to {out}")
+    for item in evaluate_report(result, by == "speaker", out):
+        console.print(item)
+
+
+def _evaluate_manifest(manifest_path: Path | None, by: str | None) -> Path:
+    if manifest_path is None:
+        raise UsageError("--manifest is required (except with --participation)")
+    if by not in (None, "speaker"):
+        raise UsageError(f"--by must be speaker, not {by!r}")
+    return manifest_path
 
 
 def _evaluate_participation(run: str, manifest_path: Path | None, rounds: str, plot: Path | None, device: str,
-                            json_out: bool) -> None:
+                            json_out: bool, beam: bool = False) -> None:
     import json
 
     from fedw2v import participation as part
@@ -372,6 +348,8 @@ def _evaluate_participation(run: str, manifest_path: Path | None, rounds: str, p
 
     from fedw2v.config.options import parse_rounds
 
+    if beam:
+        raise UsageError("--participation scores greedy decoding; --decoder beam does not apply")
     wanted = list(config_or_usage_error(parse_rounds, rounds, "--rounds"))
     with progress_bar("scoring checkpoints") as update:
         report = part.analyse(run, manifest_path, wanted or None, device,
@@ -387,53 +365,42 @@ def _evaluate_participation(run: str, manifest_path: Path | None, rounds: str, p
 
 
 @app.command()
-@declared(TranscribeConfig)
+@declared(TranscribeConfig, DecodeConfig)
 def transcribe(
-    audio: Annotated[list[Path], typer.Argument(metavar="AUDIO...", help="Audio files (wav, flac, ogg, mp3, sph, …).")],
+    audio: Annotated[list[Path], typer.Argument(metavar="AUDIO...", help="Audio files (wav, flac, ogg, mp3, sph, …).",
+                                                readable=False)],
     model: ModelOpt = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Write one file per input here instead of printing.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Write one file per input here instead of printing.",
+                                             click_type=OutputPath("dir"))] = None,
     allow_pickle: AllowPickle = False,
     **options: Any,
 ) -> None:
     """Transcribe audio files with a CTC model (default: the newest run's latest checkpoint)."""
-    import json
-
+    from fedw2v import beam
     from fedw2v import transcribe as tx
-    from fedw2v.ui.console import err_console
     from fedw2v.decode import Decoder
-    from fedw2v.model import default_source, load_model
     from fedw2v.device import resolve_device
+    from fedw2v.model import default_source, load_model
 
     config = build(TranscribeConfig, options)
+    decode = build(DecodeConfig, options)
     if out is not None and out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a directory")
+    files = beam.prepare(decode)
     loaded = load_model(model if model else default_source(), allow_pickle=allow_pickle)
     _say_model(loaded)
+    search = beam.for_model(files, decode, loaded, say=_say)
     decoder = Decoder(loaded.model, loaded.processor, resolve_device(config.device))
-    writer = tx.OutputDir(out, config.format) if out is not None else None
-    several = len(audio) > 1
-
-    def emit(item: Any) -> None:
-        if isinstance(item, tx.FileFailure):
-            err_console.print(f"error: {item.error}", markup=False, soft_wrap=True)
-        elif writer is not None:
-            target = writer.write(item.file, tx.render(item, config.format, str(loaded.source)))
-            err_console.print(f"{item.file} -> {target}", markup=False, soft_wrap=True)
-        elif config.format != "json":  # json without --out: one document for all files, printed at the end
-            typer.echo((f"==> {item.file} <==\n" if several else "")
-                       + tx.render(item, config.format, str(loaded.source)) + ("\n" if several else ""), nl=False)
-
-    results = tx.transcribe_files(audio, decoder, config, on_result=emit)
-    failed = [r for r in results if isinstance(r, tx.FileFailure)]
-    if config.format == "json" and out is None:
-        typer.echo(json.dumps({
-            "model": str(loaded.source),
-            "files": [r.to_dict() for r in results if isinstance(r, tx.FileResult)],
-            "errors": [r.to_dict() for r in failed],
-        }, ensure_ascii=False))  # fmt: skip
+    failed = tx.run(audio, decoder, config, out, str(loaded.source), echo=lambda text: typer.echo(text, nl=False),
+                    say=_say, beam=search)
     if failed:
-        err_console.print(f"{len(failed)} of {len(results)} files failed", markup=False)
         raise typer.Exit(1)
+
+
+def _say(line: str) -> None:
+    from fedw2v.ui.console import err_console
+
+    err_console.print(line, markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -474,7 +441,8 @@ def footprint(
     plot: Annotated[
         Path | None,
         typer.Option(
-            "--plot", help="PNG of EER against layer (default: RUN_DIR/plots/footprint-eer.png).", dir_okay=False
+            "--plot", help="PNG of EER against layer (default: RUN_DIR/plots/footprint-eer.png).",
+            click_type=OutputPath("file"),
         ),
     ] = None,
     **options: Any,

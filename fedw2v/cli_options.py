@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
 
 from fedw2v.config import options as opts
@@ -52,14 +53,15 @@ def _param(f: dataclasses.Field, opt: opts.Opt, tp: Any) -> inspect.Parameter:
     names = list(opts.flags(f, opt))
     if kind is bool and opt.negative:
         names[0] = f"{names[0]}/{opt.negative}"
-    if opt.rounds:
-        kind, default = str, ",".join(str(r) for r in default)
+    if opt.rounds or opt.parse:
+        kind, default = str, ",".join(_show(v) for v in default) if isinstance(default, tuple) else default
     elif opt.path:
         kind = Path
         default = None if default in ("", None) else default
     required = default is dataclasses.MISSING
     show: bool | str = opt.shown_default or (not required and default is not None and not opt.path)
-    info = typer.Option(*names, help=help_text(f, opt), show_default=show, metavar=opt.metavar or None)
+    info = typer.Option(*names, help=help_text(f, opt), show_default=show, metavar=opt.metavar or None,
+                        click_type=OutputPath(opt.output) if opt.output else None)
     annotation = Annotated[kind if required or default is not None else kind | None, info]
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
                              default=inspect.Parameter.empty if required else default)
@@ -109,10 +111,9 @@ def values(cls: type, given: dict[str, Any]) -> dict[str, Any]:
             continue
         value = given[f.name]
         if opt.rounds:
-            try:
-                value = opts.parse_rounds(value, opts.flags(f, opt)[0])
-            except ValueError as exc:
-                raise UsageError(str(exc)) from None
+            value = config_or_usage_error(opts.parse_rounds, value, opts.flags(f, opt)[0])
+        elif opt.parse:
+            value = config_or_usage_error(opt.parse, value)
         elif opt.path:
             value = str(Path(value).resolve()) if opt.absolute else str(value)
         out[f.name] = value
@@ -123,6 +124,26 @@ def build(cls: type, given: dict[str, Any], **fixed: Any) -> Any:
     """The typed config from the command-line values (`values`) and ``fixed`` ones; a broken rule of the
     config becomes a one-line usage error."""
     return config_or_usage_error(cls, **values(cls, given), **fixed)
+
+
+class OutputPath(click.ParamType):
+    """A path a command writes (``kind`` "file" or "dir"), checked when the command line is parsed
+    (`fedw2v.atomic.check_target`): an empty path, a device, FIFO or socket, or a parent that is a file is a
+    one-line usage error naming the option, before any work starts."""
+
+    name = "path"
+
+    def __init__(self, kind: str = "file") -> None:
+        self.kind = kind
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path:
+        from fedw2v.atomic import check_target
+        from fedw2v.errors import InputError
+
+        try:
+            return check_target(value, self.kind)
+        except InputError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 def config_or_usage_error(factory: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

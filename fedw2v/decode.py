@@ -11,13 +11,21 @@ the file with the border in the middle of each overlap (so every kept frame has 
 context on both sides). The kept frames form one frame sequence for the whole file, which is collapsed by the
 CTC rule once: a word across a chunk border is neither lost nor doubled.
 
+Audio arrives as consecutive blocks (`fedw2v.audio.stream_audio`) or as one array; `chunks_of` cuts the
+chunks of `chunk_plan` out of the blocks as they come, and `stitch_stream` yields each chunk's kept frames in
+order, so a long file is decoded in memory bounded by a few chunks. The frames may be greedy ids or, for
+beam search (`fedw2v.beam`), log-probabilities: the beam search runs over the stitched frames of the whole
+file, never over one chunk alone.
+
 Text is what the model's tokenizer would decode (``tokenizer.decode(ids)``, as the Hugging Face pipeline does),
-with runs of spaces collapsed to one.
+with runs of spaces collapsed to one. A word whose characters are separated by a long pause (a model that
+emits stray characters in a silence) keeps its text, and records the parts between the pauses
+(`Word.pieces`), so that subtitles do not stretch over the silence.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +39,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 DEFAULT_CHUNK_S = 30.0
 DEFAULT_OVERLAP_S = 1.0
+WORD_GAP_S = 1.0  # a pause this long inside a word splits its times into pieces (see Word.pieces)
+MAX_BATCH_CHUNKS = 8  # chunks of one file decoded in one forward pass at most
+# ... and at most this much audio: a forward pass's activations are most of transcribe's memory (tiny model,
+# 8 x 30 s: +750 MB; 2 x 30 s: +290 MB), and larger batches gain little on a CPU
+MAX_BATCH_AUDIO_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -38,6 +51,26 @@ class Word:
     word: str
     start: float  # seconds from the start of the audio (first frame of its first character)
     end: float  # seconds (end of the last frame of its last character)
+    # (text, start, end) of the parts of a word whose characters lie more than WORD_GAP_S apart; empty for a
+    # word spoken in one stretch (nearly all). Not part of the JSON output.
+    pieces: tuple[tuple[str, float, float], ...] = field(default=(), compare=False, repr=False)
+
+    def to_dict(self) -> dict:
+        return {"word": self.word, "start": self.start, "end": self.end}
+
+
+def make_word(text: str, runs: Sequence[tuple[str, int, int]], frame_s: float, gap_s: float = WORD_GAP_S) -> Word:
+    """A word from its character runs (character, first frame, end frame): its times, and its pieces when a
+    pause longer than ``gap_s`` separates two of its characters."""
+    pieces: list[list[tuple[str, int, int]]] = [[runs[0]]]
+    for run in runs[1:]:
+        if (run[1] - pieces[-1][-1][2]) * frame_s > gap_s:
+            pieces.append([run])
+        else:
+            pieces[-1].append(run)
+    split = tuple(("".join(c for c, _, _ in p), round(p[0][1] * frame_s, 3), round(p[-1][2] * frame_s, 3))
+                  for p in pieces) if len(pieces) > 1 else ()  # fmt: skip
+    return Word(text, round(runs[0][1] * frame_s, 3), round(runs[-1][2] * frame_s, 3), split)
 
 
 @dataclass
@@ -85,20 +118,16 @@ def ctc_runs(ids: np.ndarray, blank: int) -> list[tuple[int, int, int]]:
 def text_and_words(ids: np.ndarray, vocab: Vocab, frame_s: float) -> tuple[str, list[Word]]:
     """Greedy CTC text of one frame-id sequence and its words with times."""
     words: list[Word] = []
-    chars: list[str] = []
-    start = end = 0
+    runs: list[tuple[str, int, int]] = []
     for tok, first, last in ctc_runs(ids, vocab.blank):
         if tok == vocab.delimiter:
-            if chars:
-                words.append(Word("".join(chars), round(start * frame_s, 3), round(end * frame_s, 3)))
-                chars = []
+            if runs:
+                words.append(make_word("".join(c for c, _, _ in runs), runs, frame_s))
+                runs = []
             continue
-        if not chars:
-            start = first
-        chars.append(vocab.tokens[tok] if 0 <= tok < len(vocab.tokens) else "")
-        end = last
-    if chars:
-        words.append(Word("".join(chars), round(start * frame_s, 3), round(end * frame_s, 3)))
+        runs.append((vocab.tokens[tok] if 0 <= tok < len(vocab.tokens) else "", first, last))
+    if runs:
+        words.append(make_word("".join(c for c, _, _ in runs), runs, frame_s))
     return " ".join(w.word for w in words), words
 
 
@@ -125,6 +154,85 @@ def chunk_plan(num_samples: int, hop: int, chunk_s: float, overlap_s: float, sr:
         start += step
 
 
+class Chunks:
+    """The chunks of `chunk_plan` cut from consecutive audio blocks as they arrive: iterating yields
+    ``(start, samples, own_start, own_end)``; only about one chunk of audio is held at a time. ``chunks`` and
+    ``samples`` count what was read (the file's length is known once iteration ends)."""
+
+    def __init__(self, blocks: Iterable[np.ndarray], hop: int, chunk_s: float, overlap_s: float,
+                 sr: int = SAMPLE_RATE):
+        self.blocks, self.hop, self.sr = blocks, hop, sr
+        self.chunk_s, self.overlap_s = chunk_s, overlap_s
+        self.chunk = max(hop, int(round(chunk_s * sr / hop)) * hop)
+        self.ctx = int(round(overlap_s * sr / hop)) * hop
+        self.chunks = 0
+        self.samples = 0
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray, int, int]]:
+        import numpy as np
+
+        source = iter(self.blocks)
+        held: list[np.ndarray] = []  # samples from ``base`` on
+        base, have, exhausted, start = 0, 0, False, 0
+        while True:
+            while not exhausted and base + have <= start + self.chunk:  # one sample past the chunk: is it last?
+                block = next(source, None)
+                if block is None:
+                    exhausted = True
+                else:
+                    held.append(np.asarray(block, dtype=np.float32))
+                    have += len(block)
+                    self.samples += len(block)
+            total = base + have
+            last = exhausted and start + self.chunk >= total
+            if total <= start:
+                return
+            step = self.chunk - 2 * self.ctx
+            if not last and step < self.hop:
+                raise ValueError(f"chunk of {self.chunk_s} s is too short for {self.overlap_s} s of context on each side")
+            buf = held[0] if len(held) == 1 else np.concatenate(held)
+            end = total if last else start + self.chunk
+            self.chunks += 1
+            yield start, buf[start - base : end - base], 0 if start == 0 else start + self.ctx, total if last else end - self.ctx
+            if last:
+                return
+            start += step
+            held, base, have = [buf[start - base :]], start, total - start
+
+
+def stitch_stream(
+    forward: Callable[[list[np.ndarray]], list[np.ndarray]],
+    chunks: Iterable[tuple[int, np.ndarray, int, int]],
+    hop: int,
+    max_batch_chunks: int = MAX_BATCH_CHUNKS,
+) -> Iterator[np.ndarray]:
+    """Each chunk's kept frames, in order: ``forward(list of equal-length chunks) -> per-frame arrays`` (ids,
+    or log-probabilities with one row per frame) runs the model on up to ``max_batch_chunks`` chunks at once;
+    frame ``j`` of a chunk starting at sample ``s`` is global frame ``s // hop + j``, kept if it lies in the
+    chunk's owned part."""
+    import numpy as np
+
+    pending: list[tuple[int, np.ndarray, int, int]] = []
+
+    def flush() -> Iterator[np.ndarray]:
+        outputs = forward([samples for _, samples, _, _ in pending])
+        for (start, _, own_start, own_end), out in zip(pending, outputs):
+            first = start // hop
+            lo = max(0, -(-own_start // hop) - first)  # frames whose first sample is in the owned part
+            hi = -(-own_end // hop) - first
+            yield np.asarray(out)[lo:hi]
+        pending.clear()
+
+    for item in chunks:
+        if pending and len(item[1]) != len(pending[0][1]):
+            yield from flush()
+        pending.append(item)
+        if len(pending) >= max_batch_chunks:  # full: decode now, before reading on
+            yield from flush()
+    if pending:
+        yield from flush()
+
+
 def stitch(
     forward: Callable[[list[np.ndarray]], list[np.ndarray]],
     audio: np.ndarray,
@@ -132,32 +240,15 @@ def stitch(
     chunk_s: float,
     overlap_s: float,
     sr: int = SAMPLE_RATE,
-    max_batch_chunks: int = 8,
+    max_batch_chunks: int = MAX_BATCH_CHUNKS,
 ) -> tuple[np.ndarray, int]:
-    """Frame ids of a whole file from overlapping chunks, and the number of chunks.
-
-    ``forward(list of equal-length chunks) -> list of per-frame id arrays`` runs the model; frame ``j`` of a
-    chunk starting at sample ``s`` is global frame ``s // hop + j``, kept if it lies in the chunk's owned part.
-    """
+    """Frame ids of a whole file (one array) from overlapping chunks, and the number of chunks
+    (`stitch_stream` over `Chunks` of the one block)."""
     import numpy as np
 
-    plan = chunk_plan(len(audio), hop, chunk_s, overlap_s, sr)
-    outputs: dict[int, np.ndarray] = {}
-    by_length: dict[int, list[int]] = {}
-    for k, (start, end, _, _) in enumerate(plan):
-        by_length.setdefault(end - start, []).append(k)
-    for _, ks in sorted(by_length.items(), reverse=True):
-        for i in range(0, len(ks), max_batch_chunks):
-            group = ks[i : i + max_batch_chunks]
-            for k, ids in zip(group, forward([audio[plan[k][0] : plan[k][1]] for k in group])):
-                outputs[k] = np.asarray(ids)
-    pieces = []
-    for k, (start, _, own_start, own_end) in enumerate(plan):
-        first = start // hop
-        lo = max(0, -(-own_start // hop) - first)  # frames whose first sample is in the owned part
-        hi = -(-own_end // hop) - first
-        pieces.append(outputs[k][lo:hi])
-    return (np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)), len(plan)
+    chunks = Chunks([audio], hop, chunk_s, overlap_s, sr)
+    pieces = list(stitch_stream(forward, chunks, hop, max_batch_chunks))
+    return (np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)), chunks.chunks
 
 
 class Decoder:
@@ -180,8 +271,8 @@ class Decoder:
         self.use_mask = bool(getattr(fe, "return_attention_mask", False))
         self.min_samples = receptive_field(model.config)  # shorter audio is zero-padded to give one frame
 
-    def frame_ids(self, audios: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Greedy (argmax) CTC frame ids of each item of one padded batch, cut to the item's own frames."""
+    def _logits(self, audios: Sequence[np.ndarray]) -> tuple[Any, list[int]]:
+        """Logits of one padded batch (on the model's device) and each item's own number of frames."""
         import numpy as np
         import torch
 
@@ -200,19 +291,80 @@ class Decoder:
         with eval_mode(self.model):
             logits = self.model(**inputs).logits
         lengths = self.model._get_feat_extract_output_lengths(torch.tensor([len(a) for a in audios]))
+        return logits, [max(0, int(n)) for n in lengths.tolist()]
+
+    def frame_ids(self, audios: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Greedy (argmax) CTC frame ids of each item of one padded batch, cut to the item's own frames."""
+        logits, lengths = self._logits(audios)
         ids = logits.argmax(dim=-1).cpu().numpy()
-        return [ids[i, : max(0, int(n))] for i, n in enumerate(lengths.tolist())]
+        return [ids[i, :n] for i, n in enumerate(lengths)]
+
+    def emissions(self, audios: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Per-frame log-probabilities (frames x tokens, float32) of each item, cut to its own frames: what
+        beam search reads."""
+        return [e for _, e in self.frame_outputs(audios)]
+
+    def frame_outputs(self, audios: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(greedy ids, log-probabilities) of each item from one forward pass; the ids are the argmax of the
+        logits, exactly those of `frame_ids`."""
+        import torch
+
+        logits, lengths = self._logits(audios)
+        ids = logits.argmax(dim=-1).cpu().numpy()
+        logp = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
+        return [(ids[i, :n], logp[i, :n]) for i, n in enumerate(lengths)]
 
     def decode_batch(self, audios: Sequence[np.ndarray]) -> list[str]:
         return [text_and_words(ids, self.vocab, self.frame_s)[0] for ids in self.frame_ids(audios)]
 
     def transcribe(
-        self, audio: np.ndarray, chunk_s: float = DEFAULT_CHUNK_S, overlap_s: float = DEFAULT_OVERLAP_S
+        self,
+        audio: np.ndarray | Iterable[np.ndarray],
+        chunk_s: float = DEFAULT_CHUNK_S,
+        overlap_s: float = DEFAULT_OVERLAP_S,
+        beam: Any = None,
     ) -> Transcript:
-        """Text and word times of one file (16 kHz mono), decoded in overlapping chunks when long."""
-        ids, n = stitch(self.frame_ids, audio, self.hop, chunk_s, overlap_s, self.sampling_rate)
-        text, words = text_and_words(ids, self.vocab, self.frame_s)
-        return Transcript(text, words, len(audio) / self.sampling_rate, n)
+        """Text and word times of one file (16 kHz mono: one array, or its consecutive blocks as
+        `fedw2v.audio.stream_audio` yields them), decoded in overlapping chunks when long. With ``beam`` (a
+        `fedw2v.beam.BeamSearch`), the stitched log-probabilities of the whole file go through its beam
+        search as they arrive; otherwise greedy."""
+        import numpy as np
+
+        blocks = [audio] if isinstance(audio, np.ndarray) else audio
+        chunks = Chunks(blocks, self.hop, chunk_s, overlap_s, self.sampling_rate)
+        per_batch = max(1, min(MAX_BATCH_CHUNKS, int(MAX_BATCH_AUDIO_S // chunk_s)))
+        if beam is None:
+            pieces = list(stitch_stream(self.frame_ids, chunks, self.hop, per_batch))
+            ids = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+            text, words = text_and_words(ids, self.vocab, self.frame_s)
+        else:
+            stream = beam.stream()
+            for piece in stitch_stream(self.emissions, chunks, self.hop, per_batch):
+                stream.feed(piece)
+            text, words = stream.finish()
+        return Transcript(text, words, chunks.samples / self.sampling_rate, chunks.chunks)
+
+    def utterance_batches(
+        self,
+        utterances: Sequence[Utterance],
+        max_batch_seconds: float = 120.0,
+        max_batch_size: int | None = 32,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Iterator[tuple[list[int], list[np.ndarray]]]:
+        """(indices, audios) of length-bucketed batches of manifest utterances (read from their source files);
+        ``progress(done, total)`` after each batch is used."""
+        from fedw2v.audio import read_segment
+        from fedw2v.batching import bucket_batches
+
+        batches = bucket_batches(
+            [u.duration for u in utterances], max_batch_seconds, max_batch_size, shuffle=False
+        )
+        done = 0
+        for batch in batches:
+            yield batch, [read_segment(utterances[i].path, utterances[i].start, utterances[i].end) for i in batch]
+            done += len(batch)
+            if progress:
+                progress(done, len(utterances))
 
     def decode_utterances(
         self,
@@ -222,19 +374,8 @@ class Decoder:
         progress: Callable[[int, int], None] | None = None,
     ) -> list[str]:
         """Hypotheses for manifest utterances (read from their source files), in input order, none skipped."""
-        from fedw2v.audio import read_segment
-        from fedw2v.batching import bucket_batches
-
-        batches = bucket_batches(
-            [u.duration for u in utterances], max_batch_seconds, max_batch_size, shuffle=False
-        )
         hyps: list[str] = [""] * len(utterances)
-        done = 0
-        for batch in batches:
-            audios = [read_segment(utterances[i].path, utterances[i].start, utterances[i].end) for i in batch]
+        for batch, audios in self.utterance_batches(utterances, max_batch_seconds, max_batch_size, progress):
             for i, text in zip(batch, self.decode_batch(audios)):
                 hyps[i] = text
-            done += len(batch)
-            if progress:
-                progress(done, len(utterances))
         return hyps

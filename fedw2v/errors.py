@@ -7,6 +7,10 @@ message that names the file, line or utterance and says how to fix it. `exit_cod
 
 from __future__ import annotations
 
+import os
+import sys
+from typing import Any
+
 # Exit codes, in one table.
 EXIT_OK = 0
 EXIT_FAILURE = 1  # the command ran but some of its work failed (e.g. one of several files)
@@ -80,3 +84,26 @@ def format_error(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     detail = text[0] if text else ""
     return f"internal error: {type(exc).__name__}: {detail} (rerun with --debug for the traceback)"
+
+
+def format_click_error(exc: Any) -> str:
+    """The one line for an error click found on the command line (a click.ClickException: a malformed or unknown
+    option, a missing argument), instead of click's usage box."""
+    text = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    return f"error: {text.rstrip('.')}" + (f" (see `{ctx.command_path} --help`)" if ctx is not None else "")
+
+
+def stdout_to_devnull() -> None:
+    """After a BrokenPipeError (the reader of stdout went away, `fedw2v … | head`): point stdout at /dev/null, so
+    that the flush at exit does not raise it again."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # a stdout without a file descriptor (a test runner's)
+        pass

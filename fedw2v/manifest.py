@@ -3,6 +3,13 @@
 The schema is versioned in the Parquet key-value metadata (key ``fedw2v``, a JSON object) together with the
 corpus root that ``audio_path`` is relative to, the text normalisation used, and the command (and seed) that
 made the file. The file is plain Parquet: pandas, polars and duckdb read it without fedw2v.
+
+A manifest is input a user may have been handed: `read` refuses anything that does not hold (missing or
+mistyped columns or metadata, NaN or infinite times, an ``audio_path`` that leaves the corpus root) with one
+line naming the column or utterance. Audio outside the corpus root (an absolute ``audio_path`` or one climbing
+out with ``..``) is read only with ``--allow-outside-audio`` (`allow_outside_audio_option`), for a manifest
+the user trusts; the check is on the path as written (a symbolic link inside the corpus is the corpus's own
+business).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from fedw2v.atomic import atomic_file
 from fedw2v.errors import ManifestError
+from fedw2v.text import NORMALIZATIONS
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -44,6 +52,18 @@ COLUMNS: tuple[tuple[str, str, bool, str], ...] = (
     ("local_split", "string", True, "set by `partition`: train / dev / test / holdout"),
 )
 COLUMN_NAMES = tuple(c[0] for c in COLUMNS)
+TIME_COLUMNS = ("start", "end", "duration")
+OUTSIDE_AUDIO_HELP = ("Read manifest rows whose audio_path leaves the corpus root (an absolute path, or one with "
+                      "..): only for a manifest you trust.")
+
+
+def allow_outside_audio_option() -> Any:
+    """The one declaration of ``--allow-outside-audio``: a field of the config of every command that reads audio
+    named by a manifest (train, evaluate, simulate). A trust decision made at each invocation: it may change on
+    ``--resume`` (and runs recorded before it existed resume without it)."""
+    from fedw2v.config.options import option
+
+    return option(False, OUTSIDE_AUDIO_HELP, flags="--allow-outside-audio", resumable=True)
 
 
 def schema() -> pa.Schema:
@@ -118,6 +138,9 @@ def validate(table: pa.Table, source: str = "manifest") -> pa.Table:
 
     sch = schema()
     names = set(table.column_names)
+    twice = sorted({n for n in table.column_names if table.column_names.count(n) > 1})
+    if twice:
+        raise ManifestError(f"{source}: column {twice[0]!r} appears more than once")
     for f in sch:
         if f.name not in names:
             raise ManifestError(
@@ -143,6 +166,29 @@ def validate(table: pa.Table, source: str = "manifest") -> pa.Table:
     _check_values(table, "split", SPLITS, source)
     _check_values(table, "gender", GENDERS, source)
     _check_values(table, "local_split", LOCAL_SPLITS, source)
+    _check_times(table, source)
+    return table
+
+
+def _check_times(table: pa.Table, source: str) -> None:
+    """Finite times, positive durations, 0 <= start < end; ManifestError naming the first offending utterance."""
+    import pyarrow.compute as pc
+
+    for name in TIME_COLUMNS:  # NaN passes every comparison below, so it is refused first
+        bad = pc.invert(pc.is_finite(table.column(name)))
+        if pc.any(bad).as_py():
+            row = pc.index(bad, True).as_py()
+            raise ManifestError(
+                f"{source}: utterance {table.column('utt_id')[row].as_py()!r} has {name}="
+                f"{table.column(name)[row].as_py()} (need a finite number of seconds)"
+            )
+    bad = pc.less_equal(table.column("duration"), 0)
+    if pc.any(bad).as_py():
+        row = pc.index(bad, True).as_py()
+        raise ManifestError(
+            f"{source}: utterance {table.column('utt_id')[row].as_py()!r} has duration "
+            f"{table.column('duration')[row].as_py()} (need duration > 0)"
+        )
     bad = pc.or_(pc.less(table.column("start"), 0), pc.less_equal(table.column("end"), table.column("start")))
     if pc.any(bad).as_py():
         row = pc.index(bad, True).as_py()
@@ -150,7 +196,6 @@ def validate(table: pa.Table, source: str = "manifest") -> pa.Table:
             f"{source}: utterance {table.column('utt_id')[row].as_py()!r} has start/end "
             f"{table.column('start')[row].as_py()}/{table.column('end')[row].as_py()} (need 0 <= start < end)"
         )
-    return table
 
 
 def _check_values(table: pa.Table, column: str, allowed: tuple[str, ...], source: str) -> None:
@@ -180,6 +225,9 @@ def _decode_info(raw: bytes | None, source: str) -> ManifestInfo:
         data = json.loads(raw)
     except ValueError as exc:
         raise ManifestError(f"{source}: fedw2v metadata is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ManifestError(f"{source}: fedw2v metadata is JSON but not an object ({type(data).__name__})",
+                            hint="rebuild it with `fedw2v prepare`")
     version = data.get("schema_version")
     if version != SCHEMA_VERSION:
         raise ManifestError(
@@ -191,7 +239,52 @@ def _decode_info(raw: bytes | None, source: str) -> ManifestInfo:
     missing = {"corpus_root", "normalization", "command"} - set(data)
     if missing:
         raise ManifestError(f"{source}: fedw2v metadata lacks {', '.join(sorted(missing))}")
+    _check_info_types(data, source)
     return ManifestInfo(**{k: v for k, v in data.items() if k in known})
+
+
+def _check_info_types(data: dict[str, Any], source: str) -> None:
+    def bad(key: str, need: str) -> ManifestError:
+        return ManifestError(f"{source}: fedw2v metadata has {key}={data[key]!r} (need {need})")
+
+    if not isinstance(data["corpus_root"], str) or not data["corpus_root"].strip():
+        raise bad("corpus_root", "the corpus directory as a string")
+    if data["normalization"] not in NORMALIZATIONS:
+        raise bad("normalization", f"one of {', '.join(NORMALIZATIONS)}")
+    if not isinstance(data["command"], str):
+        raise bad("command", "a string")
+    if data.get("seed") is not None and (not isinstance(data["seed"], int) or isinstance(data["seed"], bool)):
+        raise bad("seed", "an integer or null")
+    if not isinstance(data.get("extra", {}), dict):
+        raise bad("extra", "an object")
+
+
+def outside_root(audio_path: str) -> bool:
+    """An ``audio_path`` that leaves the corpus root as written: absolute, or climbing out with ``..``."""
+    import posixpath
+
+    return posixpath.isabs(audio_path) or posixpath.normpath(audio_path).split("/")[0] == ".."
+
+
+def check_audio_paths(table: pa.Table, source: str = "manifest", allow_outside: bool = False) -> None:
+    """ManifestError naming the first utterance whose ``audio_path`` contains a NUL character or (unless
+    ``allow_outside``) leaves the corpus root (`outside_root`). Each distinct path is checked once."""
+    import pyarrow.compute as pc
+
+    paths = table.column("audio_path")
+    for value in pc.unique(paths).to_pylist():
+        if "\0" in value:
+            problem = "contains a NUL character"
+        elif not allow_outside and outside_root(value):
+            problem = "leaves the corpus root"
+        else:
+            continue
+        row = pc.index(paths, value).as_py()
+        raise ManifestError(
+            f"{source}: utterance {table.column('utt_id')[row].as_py()!r} has audio_path {value!r}, which {problem}",
+            hint="audio must lie under the manifest's corpus root; pass --allow-outside-audio only for a manifest "
+                 "you trust" if problem.startswith("leaves") else None,
+        )
 
 
 def write(manifest: Manifest, path: str | os.PathLike) -> Path:
@@ -208,17 +301,23 @@ def write(manifest: Manifest, path: str | os.PathLike) -> Path:
     return path
 
 
-def read(path: str | os.PathLike) -> Manifest:
-    """Read and validate a manifest; ManifestError for a missing, non-Parquet or unknown-schema file."""
+def read(path: str | os.PathLike, allow_outside_audio: bool = False) -> Manifest:
+    """Read and validate a manifest; ManifestError for a missing, non-Parquet or unknown-schema file, invalid
+    rows or metadata, and (unless ``allow_outside_audio``) audio paths outside the corpus root."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = Path(path)
+    if path.is_dir():
+        raise ManifestError(f"{path}: is a directory, not a manifest file")
     if not path.is_file():
         raise ManifestError(f"{path}: no such manifest file", hint="make one with `fedw2v prepare`")
     try:
         table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise ManifestError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ManifestError(f"{path}: not a readable Parquet file ({reason})") from None
     info = _decode_info((table.schema.metadata or {}).get(METADATA_KEY), str(path))
-    return Manifest(validate(table, source=str(path)), info)
+    table = validate(table, source=str(path))
+    check_audio_paths(table, str(path), allow_outside_audio)
+    return Manifest(table, info)

@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,11 @@ PRETRAINED_DIRS = {"tiny-pretrained": ("data", "tiny-pretrained")}
 KINDS = ("preset", "run", "checkpoint", "directory", "hub")
 SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+# JSON files of a model directory that transformers reads, and the keys by which they ask it to import and run
+# Python files of their own (refused: `refuse_custom_code`).
+CODE_JSON = ("config.json", "tokenizer_config.json", "preprocessor_config.json", "processor_config.json",
+             "feature_extractor_config.json")
+CODE_KEYS = ("auto_map", "custom_pipelines")
 # The ~1.4M-parameter encoder of REFERENCE §5 (20 ms frames, learns from scratch on 2 CPU cores).
 TINY_ENCODER = dict(
     conv_dim=(64, 128, 128, 128, 128),
@@ -324,17 +330,50 @@ def _hub_kwargs(source: ModelSource, cache_dir) -> dict[str, Any]:
 
 
 def _load_config(source: ModelSource, cache_dir) -> Wav2Vec2Config:
-    from transformers import AutoConfig, Wav2Vec2Config
+    """The model's wav2vec2 config, read as data (no Auto class: nothing from the directory can run)."""
+    from transformers import Wav2Vec2Config
 
+    if source.kind != "hub":
+        refuse_custom_code(Path(source.location))
     try:
-        config = AutoConfig.from_pretrained(source.location, **_hub_kwargs(source, cache_dir))
+        data, _ = Wav2Vec2Config.get_config_dict(source.location, **_hub_kwargs(source, cache_dir))
     except (OSError, ValueError) as exc:
         raise _not_found(source, exc) from None
-    if not isinstance(config, Wav2Vec2Config):
-        raise InputError(
-            f"{source.location}: a {config.model_type!r} model; fedw2v trains and runs wav2vec2 models only"
-        )
-    return config
+    _check_config_json(data, f"{source.location} config.json")
+    kind = data.get("model_type")
+    if kind != "wav2vec2":
+        what = f"a {kind!r} model" if kind else "config.json has no model_type"
+        raise InputError(f"{source.location}: {what}; fedw2v trains and runs wav2vec2 models only")
+    try:
+        return Wav2Vec2Config.from_dict(data)
+    except Exception as exc:  # noqa: BLE001 -- the config is the user's file: any failure is its problem
+        raise InputError(f"{source.location}: config.json is not a usable wav2vec2 config ({_reason(exc)})") from exc
+
+
+def refuse_custom_code(directory: Path) -> None:
+    """InputError (one line, naming the file and key) for a model directory whose JSON files ask transformers to
+    run code of their own (``auto_map``, ``custom_pipelines``): fedw2v never runs code from a model directory,
+    so nothing asks whether to (a question on stdout would corrupt ``--json``; an answer on stdin would run it)."""
+    for name in CODE_JSON:
+        path = directory / name
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise InputError(f"{path}: not readable JSON ({_reason(exc)})") from None
+        _check_config_json(data, str(path))
+
+
+def _check_config_json(data: Any, where: str) -> None:
+    if not isinstance(data, dict):
+        raise InputError(f"{where}: is JSON but not an object ({type(data).__name__})")
+    for key in CODE_KEYS:
+        if key in data:
+            raise InputError(
+                f"{where}: has {key!r}, which asks to run Python code from the model; fedw2v never runs it",
+                hint="use a standard wav2vec2 model directory (fedw2v saves one)",
+            )
 
 
 def _load_processor(source: ModelSource, cache_dir) -> Wav2Vec2Processor | None:
@@ -344,7 +383,7 @@ def _load_processor(source: ModelSource, cache_dir) -> Wav2Vec2Processor | None:
     kwargs = _hub_kwargs(source, cache_dir)
     try:
         with _quiet_transformers():
-            tokenizer = Wav2Vec2CTCTokenizer.from_pretrained(source.location, **kwargs)
+            tokenizer = Wav2Vec2CTCTokenizer.from_pretrained(source.location, trust_remote_code=False, **kwargs)
     except Exception:  # noqa: BLE001 -- no (usable) tokenizer files: missing vocab.json raises TypeError, …
         return None
     feature_extractor = _load_feature_extractor(source, cache_dir)
@@ -355,7 +394,8 @@ def _load_feature_extractor(source: ModelSource, cache_dir):
     from transformers import Wav2Vec2FeatureExtractor
 
     try:
-        return Wav2Vec2FeatureExtractor.from_pretrained(source.location, **_hub_kwargs(source, cache_dir))
+        return Wav2Vec2FeatureExtractor.from_pretrained(source.location, trust_remote_code=False,
+                                                        **_hub_kwargs(source, cache_dir))
     except (OSError, ValueError):
         return None  # build_processor makes one from the config
 
@@ -367,15 +407,18 @@ def _from_pretrained(source, config, allow_pickle, cache_dir, ignore_mismatched_
     if source.kind != "hub":
         _check_weights(Path(source.location), allow_pickle)
     try:
-        model = Wav2Vec2ForCTC.from_pretrained(
-            source.location,
-            config=config,
-            use_safetensors=None if allow_pickle else True,
-            weights_only=True,
-            dtype=torch.float32,
-            ignore_mismatched_sizes=ignore_mismatched_sizes,
-            **_hub_kwargs(source, cache_dir),
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols: one line is printed below
+            model = Wav2Vec2ForCTC.from_pretrained(
+                source.location,
+                config=config,
+                use_safetensors=None if allow_pickle else True,
+                weights_only=True,
+                dtype=torch.float32,
+                ignore_mismatched_sizes=ignore_mismatched_sizes,
+                trust_remote_code=False,
+                **_hub_kwargs(source, cache_dir),
+            )
     except OSError as exc:
         if not allow_pickle and "safetensors" in str(exc):
             raise InputError(
@@ -383,6 +426,15 @@ def _from_pretrained(source, config, allow_pickle, cache_dir, ignore_mismatched_
                 hint="pickled weights can run code when loaded: pass --allow-pickle only if you trust the source",
             ) from None
         raise _not_found(source, exc) from None
+    except Exception as exc:  # noqa: BLE001 -- a corrupt, truncated, hostile or mismatched weights file
+        import pickle
+
+        reason = (
+            "a damaged pickle, or one that would run code: pickles are loaded with torch's weights_only"
+            if isinstance(exc, pickle.UnpicklingError) else f"{type(exc).__name__}: {_reason(exc)[:200]}"
+        )
+        raise InputError(f"{source.location}: cannot load the model weights ({reason})",
+                         hint="the weights file is damaged or does not match config.json") from exc
     return model
 
 
@@ -399,8 +451,13 @@ def _check_weights(path: Path, allow_pickle: bool) -> None:
         raise InputError(f"{path}: no model weights (model.safetensors) in the directory")
 
 
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text and text[0] else type(exc).__name__
+
+
 def _not_found(source: ModelSource, exc: BaseException) -> InputError:
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    reason = _reason(exc)
     if source.kind == "hub":
         return InputError(
             f"{source.location}: not a local directory and not available from the Hugging Face Hub ({reason})",

@@ -80,18 +80,40 @@ def analyse(
     progress: Callable[[str, int, int], None] | None = None,
 ) -> ParticipationReport:
     """Score the kept checkpoints (or `rounds`) of a federated run on every client's local test split."""
-
-    from fedw2v import manifest as mf
-    from fedw2v import runs
-    from fedw2v.batching import utterances_from_manifest
-    from fedw2v.config.simulate import load_run_config
-    from fedw2v.decode import Decoder
-    from fedw2v.metrics import normalize_pair, utterance_counts
-    from fedw2v.model import load_model
     from fedw2v.device import resolve_device
 
     t0 = time.perf_counter()
     run = Path(run_dir)
+    inputs = _load(run, manifest_path, rounds)
+    dev = resolve_device(device)
+    scores: dict[int, dict[str, BucketScore]] = {}
+    per_client: dict[int, dict[int, dict[str, Any]]] = {}
+    for r in inputs.rounds:
+        by_client = _score_checkpoint(run, r, inputs, dev, progress)
+        scores[r], per_client[r] = _bucket_scores(by_client, participation(inputs.events, r))
+    return ParticipationReport(str(run), inputs.rounds, scores, per_client, inputs.without_test,
+                               time.perf_counter() - t0)
+
+
+@dataclass
+class _Inputs:
+    """What `analyse` scores."""
+
+    events: list[dict]  # the run's metrics events
+    rounds: list[int]  # checkpoint rounds to score
+    utterances: list[tuple[int, Any]]  # (client id, utterance) for every client's local test split, by client id
+    without_test: list[int]  # clients with no local test utterance
+    normalization: str  # the manifest's text normalisation
+
+
+def _load(run: Path, manifest_path: str | os.PathLike | None, rounds: list[int] | None) -> _Inputs:
+    """The run's events and checkpoint rounds (the kept ones, or `rounds`), and every client's local test
+    utterances from the run's partitioned manifest (or `manifest_path`). InputError when one is missing."""
+    from fedw2v import manifest as mf
+    from fedw2v import runs
+    from fedw2v.batching import utterances_from_manifest
+    from fedw2v.config.simulate import load_run_config
+
     config = load_run_config(run)
     if not (run / runs.METRICS).is_file():
         raise InputError(f"{run}: not a federated run directory (no {runs.METRICS})",
@@ -106,38 +128,52 @@ def analyse(
         kept = sorted(set(rounds))
     if not kept:
         raise InputError(f"{run}: no checkpoints to score")
-    manifest = mf.read(manifest_path or config.clients_manifest)
+    manifest = mf.read(manifest_path or config.clients_manifest, allow_outside_audio=config.allow_outside_audio)
     ids = manifest.client_ids
     if not ids:
         raise InputError(f"{manifest_path or config.clients_manifest}: no clients (run `fedw2v partition`)")
     root = config.corpus_root or None
     tests = {c: utterances_from_manifest(manifest, split="train", local_split="test", client_id=c, corpus_root=root)
              for c in ids}
-    without = [c for c, u in tests.items() if not u]
-    utts = [(c, u) for c in ids for u in tests[c]]
-    scores: dict[int, dict[str, BucketScore]] = {}
-    per_client: dict[int, dict[int, dict[str, Any]]] = {}
-    dev = resolve_device(device)
-    normalization = manifest.info.normalization
-    for r in kept:
-        lm = load_model(str(run / "checkpoints" / runs.checkpoint_name(r)))
-        hyps = Decoder(lm.model, lm.processor, dev).decode_utterances(
-            [u for _, u in utts], progress=(lambda d, t, r=r: progress(f"round {r}", d, t)) if progress else None)
-        taken = participation(events, r)
-        by_client: dict[int, list] = {}
-        for (c, u), h in zip(utts, hyps):
-            by_client.setdefault(c, []).append(utterance_counts(*normalize_pair(u.text, h, normalization)))
-        scores[r] = {b: BucketScore() for b in BUCKETS}
-        per_client[r] = {}
-        for c, counts in by_client.items():
-            b = bucket(taken.get(c, 0))
-            client = total(counts)
-            scores[r][b].clients += 1
-            scores[r][b].counts = scores[r][b].counts + client
-            per_client[r][c] = {"rounds_taken_part": taken.get(c, 0), "bucket": b, "utterances": len(counts),
-                                "wer": client.wer if client.ref_words else None}
-        del lm
-    return ParticipationReport(str(run), kept, scores, per_client, without, time.perf_counter() - t0)
+    return _Inputs(events, kept, [(c, u) for c in ids for u in tests[c]], [c for c, u in tests.items() if not u],
+                   manifest.info.normalization)
+
+
+def _score_checkpoint(
+    run: Path, round_: int, inputs: _Inputs, device: str, progress: Callable[[str, int, int], None] | None
+) -> dict[int, list[ErrorCounts]]:
+    """Decode every client's local test utterances with the global model after `round_`: per client, the error
+    counts of each of its utterances."""
+    from fedw2v import runs
+    from fedw2v.decode import Decoder
+    from fedw2v.metrics import normalize_pair, utterance_counts
+    from fedw2v.model import load_model
+
+    lm = load_model(str(run / "checkpoints" / runs.checkpoint_name(round_)))
+    hyps = Decoder(lm.model, lm.processor, device).decode_utterances(
+        [u for _, u in inputs.utterances],
+        progress=(lambda d, t: progress(f"round {round_}", d, t)) if progress else None)
+    by_client: dict[int, list[ErrorCounts]] = {}
+    for (c, u), h in zip(inputs.utterances, hyps):
+        by_client.setdefault(c, []).append(utterance_counts(*normalize_pair(u.text, h, inputs.normalization)))
+    return by_client
+
+
+def _bucket_scores(
+    by_client: dict[int, list[ErrorCounts]], taken: dict[int, int]
+) -> tuple[dict[str, BucketScore], dict[int, dict[str, Any]]]:
+    """One checkpoint's scores: summed per participation bucket (``taken``: rounds each client took part in),
+    and per client."""
+    scores = {b: BucketScore() for b in BUCKETS}
+    per_client: dict[int, dict[str, Any]] = {}
+    for c, counts in by_client.items():
+        b = bucket(taken.get(c, 0))
+        client = total(counts)
+        scores[b].clients += 1
+        scores[b].counts = scores[b].counts + client
+        per_client[c] = {"rounds_taken_part": taken.get(c, 0), "bucket": b, "utterances": len(counts),
+                         "wer": client.wer if client.ref_words else None}
+    return scores, per_client
 
 
 def plot(report: ParticipationReport, path: str | os.PathLike) -> Path:

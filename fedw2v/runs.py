@@ -33,9 +33,12 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path:
     pointer = ckpts / LATEST
     if not pointer.is_file():
         raise InputError(f"{run_dir}: run has no complete checkpoint yet (no checkpoints/{LATEST})")
-    name = pointer.read_text().strip()
+    try:
+        name = pointer.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError as exc:
+        raise InputError(f"{pointer}: cannot read ({exc.strerror or exc})") from None
     target = ckpts / name
-    if not name or "/" in name or not (target / "config.json").is_file():
+    if name in ("", ".", "..") or "/" in name or "\0" in name or not (target / "config.json").is_file():
         raise InputError(f"{pointer}: names checkpoint {name!r}, which is not a model directory")
     return target
 
@@ -90,8 +93,13 @@ def newest_run(root: str | os.PathLike | None = None) -> Path | None:
         if is_run_dir(link) and (link / "checkpoints" / LATEST).is_file():
             return link.resolve()
     elif link.is_file():
-        target = root / link.read_text().strip()
-        if target.name and is_run_dir(target) and (target / "checkpoints" / LATEST).is_file():
+        try:
+            name = link.read_text(encoding="utf-8", errors="replace").strip()
+        except OSError:
+            name = ""
+        target = root / name
+        usable = name and "/" not in name and "\0" not in name
+        if usable and is_run_dir(target) and (target / "checkpoints" / LATEST).is_file():
             return target
     candidates = []
     for d in root.iterdir():
@@ -131,9 +139,12 @@ def read_json(path: Path) -> dict:
     import json
 
     try:
-        return json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: cannot read ({exc})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: is JSON but not an object ({type(data).__name__})")
+    return data
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
@@ -144,11 +155,13 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     if not path.is_file():
         return []
     events = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            events.append(json.loads(line))
+            event = json.loads(line)
         except ValueError:
             continue
+        if isinstance(event, dict):  # (anything else is not an event of fedw2v's)
+            events.append(event)
     return events
 
 

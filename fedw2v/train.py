@@ -4,8 +4,12 @@
 the wav2vec2 encoder and 1e-3 for the CTC head, NewBob annealing on the dev loss (factors 0.9 / 0.8, threshold
 0.0025), gradient-norm clip 5, fp32, the whole model trained, 20 epochs, batches of 4, utterances of 0.1-10 s.
 Every piece is an option of `TrainConfig` (optimizer, learning rates, warm-up, frozen feature encoder,
-gradient accumulation, autocast and gradient checkpointing on CUDA), so a recipe that learns a random-init
-model from scratch (`TINY_RECIPE`) is the same code.
+gradient accumulation, bf16/fp16 autocast and gradient checkpointing on CUDA, bf16 autocast on CPUs with bf16
+instructions), so a recipe that learns a random-init model from scratch (`TINY_RECIPE`) is the same code.
+
+Its parts: `train_loader` (the data: cached audio, length buckets, padding), `Stepper` (the optimizer, the
+learning rates and one step: accumulate, clip, scale, skip) and `_Run` (an epoch, and its end: dev loss,
+NewBob). The fp32 default computes bit for bit what the loop did before it was split (tests/test_train_numerics).
 
 It builds nothing and writes nothing: the caller owns the model (the federated clients load weights into one
 model object per process and call this for each round). The optimizer and the schedules start fresh on every
@@ -23,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fedw2v.config.train import TrainConfig
-from fedw2v.device import resolve_device
+from fedw2v.device import resolve_device, resolve_precision
 from fedw2v.train_state import TrainState
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -179,6 +183,112 @@ def param_groups(model: Any, config: TrainConfig) -> list[dict[str, Any]]:
     return groups
 
 
+def train_loader(model: Any, processor: Any, utterances: Sequence[Utterance], config: TrainConfig,
+                 pin_memory: bool = False) -> tuple[Any, Any]:
+    """(loader, sampler): ``utterances`` (already filtered) as training batches. A torch DataLoader over
+    `SegmentDataset` (audio decoded once and kept in memory when it is at most ``config.cache_audio_seconds``
+    long), batches from `BucketBatchSampler` (length buckets re-drawn from the seed every epoch: call
+    ``sampler.set_epoch``), padded by `Collator` to what the model needs at least."""
+    import torch
+
+    from fedw2v.batching import BucketBatchSampler
+    from fedw2v.model import min_train_samples, receptive_field
+
+    cache = config.cache_audio_seconds > 0 and sum(u.duration for u in utterances) <= config.cache_audio_seconds
+    dataset = SegmentDataset(utterances, processor.tokenizer, cache)
+    sampler = BucketBatchSampler(
+        [u.duration for u in utterances], config.max_batch_seconds, config.max_batch_size, shuffle=True,
+        seed=config.seed,
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, num_workers=config.num_workers, pin_memory=pin_memory,
+        collate_fn=Collator(
+            processor.feature_extractor, min_train_samples(model.config), receptive_field(model.config)
+        ),
+    )
+    return loader, sampler
+
+
+class Stepper:
+    """The optimizer side of local training: Adam(W) over the two parameter groups (`param_groups`), the fp16
+    gradient scaler, the learning rates (NewBob scale x linear warm-up), autocast, and the optimizer step.
+
+    Gradients of ``grad_accum_steps`` batches are summed (`accumulate`), then applied in one step (`step`):
+    unscaled, clipped to ``clip_norm``. A batch whose loss is not finite drops the whole accumulation window;
+    a window whose gradient norm is not finite is dropped too: neither ever reaches the weights.
+    """
+
+    def __init__(self, model: Any, config: TrainConfig, device: str, precision: str):
+        import torch
+
+        cuda = device.startswith("cuda")
+        self.config = config
+        self.groups = param_groups(model, config)
+        opt_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = opt_cls(self.groups, lr=config.lr_encoder, weight_decay=config.weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cuda and precision == "fp16")
+        self.params = [p for g in self.groups for p in g["params"]]
+        self.newbob = {"encoder": NewBob(config.newbob_factor_encoder, config.newbob_threshold),
+                       "head": NewBob(config.newbob_factor_head, config.newbob_threshold)}
+        self.scale = {"encoder": 1.0, "head": 1.0}  # NewBob's learning-rate multipliers
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.autocast_device = "cuda" if cuda else "cpu"
+        self.pending = 0  # batches whose gradients are summed but not applied yet
+
+    def loss(self, model: Any, batch: dict[str, Any]) -> Any:
+        """The model's loss on one batch (under autocast in bf16/fp16)."""
+        import torch
+
+        with torch.autocast(device_type=self.autocast_device, dtype=self.amp_dtype,
+                            enabled=self.amp_dtype is not None):
+            return model(**batch).loss
+
+    def accumulate(self, loss: Any) -> bool:
+        """Add the gradients of one batch's loss; False (the accumulation window dropped) when it is not finite."""
+        import torch
+
+        if not torch.isfinite(loss.detach()):
+            self.optimizer.zero_grad(set_to_none=True)  # drop this accumulation window entirely
+            self.pending = 0
+            return False
+        self.scaler.scale(loss / self.config.grad_accum_steps).backward()
+        self.pending += 1
+        return True
+
+    def due(self, last_batch: bool) -> bool:
+        """Whether the summed gradients are to be applied now (a full window, or the epoch's last batch)."""
+        return bool(self.pending) and (self.pending == self.config.grad_accum_steps or last_batch)
+
+    def step(self, steps_done: int) -> bool:
+        """Apply the summed gradients (unscaled, clipped); False (dropped) when their norm is not finite."""
+        import torch
+
+        self.pending = 0
+        self.scaler.unscale_(self.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.clip_norm)
+        if not torch.isfinite(norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.update()
+            return False
+        self.set_lrs(steps_done)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return True
+
+    def set_lrs(self, step: int) -> None:
+        """Each group's learning rate for optimizer step ``step`` (0-based): base x NewBob scale x warm-up."""
+        warmup = self.config.warmup_steps
+        warm = min(1.0, (step + 1) / warmup) if warmup else 1.0
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["base_lr"] * self.scale[g["name"]] * warm
+
+    def anneal(self, dev_loss: float | None) -> None:
+        """NewBob on this epoch's dev loss (when enabled and the loss is finite)."""
+        if self.config.newbob and dev_loss is not None and math.isfinite(dev_loss):
+            self.scale = {name: nb.step(dev_loss) for name, nb in self.newbob.items()}
+
+
 def local_train(
     model: Any,
     processor: Any,
@@ -194,24 +304,20 @@ def local_train(
 
     ``progress`` is called after every batch, ``on_epoch(epoch, metrics so far)`` after every epoch (e.g. to
     log), then ``on_state(state)`` with everything needed to continue from there (`fedw2v.train_state`; e.g. to
-    checkpoint: its optimizer tensors are the live ones, so save it before returning). ``resume``: such a state, with ``model`` holding the weights of that moment; training goes on
-    from the next epoch and ends with the same weights as a run that never stopped. The model stays on the
-    training device in train mode afterwards. Nothing is written to disk here.
-    """
+    checkpoint: its optimizer tensors are the live ones, so save it before returning). ``resume``: such a state,
+    with ``model`` holding the weights of that moment; training goes on from the next epoch and ends with the
+    same weights as a run that never stopped. The model stays on the training device in train mode afterwards.
+    Nothing is written to disk. bf16 on the CPU: `fedw2v.device.resolve_precision`."""
     import torch
 
-    from fedw2v.batching import BucketBatchSampler, filter_by_duration
-    from fedw2v.model import min_train_samples, receptive_field
+    from fedw2v.batching import filter_by_duration
 
     t0 = time.perf_counter() - (resume.metrics.get("seconds", 0.0) if resume else 0.0)
     device = resolve_device(config.device)
     cuda = device.startswith("cuda")
+    precision = resolve_precision(config.precision, device)
     if not cuda:
         torch.set_flush_denormal(True)  # denormals slow CPU steps ~5x after warm-up (REFERENCE §5)
-    precision = config.precision if cuda else "fp32"
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    autocast_device = "cuda" if cuda else "cpu"
-
     kept, dropped = filter_by_duration(utterances, config.min_seconds, config.max_seconds)
     metrics = TrainMetrics(samples=len(kept), filtered=dropped, device=device, precision=precision)
     metrics.lr_encoder, metrics.lr_head = config.lr_encoder, config.lr_head
@@ -223,106 +329,95 @@ def local_train(
     model.to(device)
     set_feature_encoder_frozen(model, config.freeze_feature_encoder)
     _set_checkpointing(model, cuda and config.gradient_checkpointing)
-
-    cache = config.cache_audio_seconds > 0 and sum(u.duration for u in kept) <= config.cache_audio_seconds
-    dataset = SegmentDataset(kept, processor.tokenizer, cache)
-    sampler = BucketBatchSampler(
-        [u.duration for u in kept], config.max_batch_seconds, config.max_batch_size, shuffle=True, seed=config.seed
-    )
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, num_workers=config.num_workers, pin_memory=cuda,
-        collate_fn=Collator(
-            processor.feature_extractor, min_train_samples(model.config), receptive_field(model.config)
-        ),
-    )
-    groups = param_groups(model, config)
-    opt_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    optimizer = opt_cls(groups, lr=config.lr_encoder, weight_decay=config.weight_decay)
-    scaler = torch.amp.GradScaler("cuda", enabled=cuda and precision == "fp16")
-    params = [p for g in groups for p in g["params"]]
-    newbob = {"encoder": NewBob(config.newbob_factor_encoder, config.newbob_threshold),
-              "head": NewBob(config.newbob_factor_head, config.newbob_threshold)}
-    scale = {"encoder": 1.0, "head": 1.0}
-
-    def set_lrs(step: int) -> None:
-        warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
-        for g in optimizer.param_groups:
-            g["lr"] = g["base_lr"] * scale[g["name"]] * warm
-
-    rng_devices = [torch.device(device)] if cuda else []
+    loader, sampler = train_loader(model, processor, kept, config, pin_memory=cuda)
+    run = _Run(model, processor, loader, sampler, Stepper(model, config, device, precision), metrics, config,
+               device, dev_kept, t0, progress)
     # wav2vec2's time masking draws from numpy's global generator, dropout from torch's: seed both (and put
     # them back afterwards), so the same seed gives the same weights whichever process runs the call.
-    with torch.random.fork_rng(devices=rng_devices), _numpy_seeded(config.seed):
+    with torch.random.fork_rng(devices=[torch.device(device)] if cuda else []), _numpy_seeded(config.seed):
         torch.manual_seed(config.seed)
-        start = 0
-        if resume is not None:
-            start = _restore(resume, optimizer, scaler, newbob, scale, metrics, device)
+        start = _restore(resume, run.stepper, metrics, device) if resume is not None else 0
         model.train()
-        optimizer.zero_grad(set_to_none=True)
+        run.stepper.optimizer.zero_grad(set_to_none=True)
         for epoch in range(start, config.epochs):
-            if config.max_steps is not None and metrics.steps >= config.max_steps:
+            if run.done():
                 break
-            sampler.set_epoch(epoch)
-            batches = len(sampler)
-            loss_sum, loss_n, pending = 0.0, 0, 0
-            for b, batch in enumerate(loader, start=1):
-                metrics.batches += 1
-                audio_s = batch.pop("audio_seconds")
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                n = batch["labels"].shape[0]
-                with torch.autocast(device_type=autocast_device, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    loss = model(**batch).loss
-                if not torch.isfinite(loss.detach()):
-                    metrics.skipped_batches += 1
-                    optimizer.zero_grad(set_to_none=True)  # drop this accumulation window entirely
-                    pending = 0
-                else:
-                    scaler.scale(loss / config.grad_accum_steps).backward()
-                    pending += 1
-                    loss_sum += float(loss.detach()) * n
-                    loss_n += n
-                    metrics.samples_seen += n
-                    metrics.audio_seconds += audio_s
-                if pending and (pending == config.grad_accum_steps or b == batches):
-                    pending = 0
-                    scaler.unscale_(optimizer)
-                    norm = torch.nn.utils.clip_grad_norm_(params, config.clip_norm)
-                    if not torch.isfinite(norm):
-                        metrics.skipped_batches += 1
-                        optimizer.zero_grad(set_to_none=True)
-                        scaler.update()
-                    else:
-                        set_lrs(metrics.steps)
-                        scaler.step(optimizer)
-                        scaler.update()
-                        optimizer.zero_grad(set_to_none=True)
-                        metrics.steps += 1
-                if progress:
-                    elapsed = max(time.perf_counter() - t0, 1e-9)
-                    progress(TrainProgress(epoch, config.epochs, b, batches, metrics.steps,
-                                           loss_sum / loss_n if loss_n else math.nan, metrics.audio_seconds / elapsed))
-                if config.max_steps is not None and metrics.steps >= config.max_steps:
-                    break
-            metrics.epoch_loss.append(loss_sum / loss_n if loss_n else math.nan)
-            dev_loss = evaluate_loss(model, processor, dev_kept, config, device) if dev_kept else None
-            metrics.dev_loss.append(dev_loss)
-            if config.newbob and dev_loss is not None and math.isfinite(dev_loss):
-                scale = {name: nb.step(dev_loss) for name, nb in newbob.items()}
-            metrics.lr_encoder = config.lr_encoder * scale["encoder"]
-            metrics.lr_head = config.lr_head * scale["head"]
-            metrics.seconds = time.perf_counter() - t0
+            run.end_epoch(epoch, run.epoch(epoch))
             if on_epoch:
                 on_epoch(epoch, metrics)
             if on_state:
-                on_state(_snapshot(epoch + 1, optimizer, scaler, newbob, metrics, device))
-            if config.max_steps is not None and metrics.steps >= config.max_steps:
+                on_state(_snapshot(epoch + 1, run.stepper, metrics, device))
+            if run.done():
                 break
     metrics.seconds = time.perf_counter() - t0
     return metrics
 
 
-def _snapshot(epochs_done: int, optimizer: Any, scaler: Any, newbob: dict[str, NewBob], metrics: TrainMetrics,
-              device: str) -> TrainState:
+@dataclass
+class _Run:
+    """One `local_train` call's moving parts, and its epochs."""
+
+    model: Any
+    processor: Any
+    loader: Any
+    sampler: Any
+    stepper: Stepper
+    metrics: TrainMetrics
+    config: TrainConfig
+    device: str
+    dev: Sequence[Utterance]
+    t0: float
+    progress: Callable[[TrainProgress], None] | None
+
+    def done(self) -> bool:
+        return self.config.max_steps is not None and self.metrics.steps >= self.config.max_steps
+
+    def epoch(self, epoch: int) -> float:
+        """Train one epoch (up to ``max_steps``); returns its mean training loss (NaN: no finite batch)."""
+        m, stepper = self.metrics, self.stepper
+        self.sampler.set_epoch(epoch)
+        batches = len(self.sampler)
+        loss_sum, loss_n = 0.0, 0
+        stepper.pending = 0
+        for b, batch in enumerate(self.loader, start=1):
+            m.batches += 1
+            audio_s = batch.pop("audio_seconds")
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            n = batch["labels"].shape[0]
+            loss = stepper.loss(self.model, batch)
+            if stepper.accumulate(loss):
+                loss_sum += float(loss.detach()) * n
+                loss_n += n
+                m.samples_seen += n
+                m.audio_seconds += audio_s
+            else:
+                m.skipped_batches += 1
+            if stepper.due(last_batch=b == batches):
+                if stepper.step(m.steps):
+                    m.steps += 1
+                else:
+                    m.skipped_batches += 1
+            if self.progress:
+                elapsed = max(time.perf_counter() - self.t0, 1e-9)
+                self.progress(TrainProgress(epoch, self.config.epochs, b, batches, m.steps,
+                                            loss_sum / loss_n if loss_n else math.nan, m.audio_seconds / elapsed))
+            if self.done():
+                break
+        return loss_sum / loss_n if loss_n else math.nan
+
+    def end_epoch(self, epoch: int, loss: float) -> None:
+        """Record the epoch's loss and dev loss, anneal the learning rates (NewBob)."""
+        m = self.metrics
+        m.epoch_loss.append(loss)
+        dev_loss = evaluate_loss(self.model, self.processor, self.dev, self.config, self.device) if self.dev else None
+        m.dev_loss.append(dev_loss)
+        self.stepper.anneal(dev_loss)
+        m.lr_encoder = self.config.lr_encoder * self.stepper.scale["encoder"]
+        m.lr_head = self.config.lr_head * self.stepper.scale["head"]
+        m.seconds = time.perf_counter() - self.t0
+
+
+def _snapshot(epochs_done: int, stepper: Stepper, metrics: TrainMetrics, device: str) -> TrainState:
     """The training state at the end of an epoch (inside `local_train`'s generator context)."""
     import copy
 
@@ -334,29 +429,29 @@ def _snapshot(epochs_done: int, optimizer: Any, scaler: Any, newbob: dict[str, N
     return TrainState(
         epochs_done=epochs_done,
         metrics=copy.deepcopy(metrics.to_dict()),
-        newbob={name: {"scale": nb.scale, "wait": nb.wait, "previous": nb.previous} for name, nb in newbob.items()},
-        optimizer=optimizer.state_dict(),
-        scaler=scaler.state_dict() if scaler.is_enabled() else {},
+        newbob={name: {"scale": nb.scale, "wait": nb.wait, "previous": nb.previous}
+                for name, nb in stepper.newbob.items()},
+        optimizer=stepper.optimizer.state_dict(),
+        scaler=stepper.scaler.state_dict() if stepper.scaler.is_enabled() else {},
         torch_rng=torch.get_rng_state(),
         cuda_rng=torch.cuda.get_rng_state(torch.device(device)) if cuda else None,
         numpy_rng=numpy_state(),
     )
 
 
-def _restore(state: TrainState, optimizer: Any, scaler: Any, newbob: dict[str, NewBob], scale: dict[str, float],
-             metrics: TrainMetrics, device: str) -> int:
+def _restore(state: TrainState, stepper: Stepper, metrics: TrainMetrics, device: str) -> int:
     """Put a `_snapshot` back (optimizer, scaler, NewBob, metrics, generators); returns the next epoch."""
     import torch
 
     from fedw2v.train_state import set_numpy_state
 
-    optimizer.load_state_dict(state.optimizer)
-    if scaler.is_enabled() and state.scaler:
-        scaler.load_state_dict(state.scaler)
-    for name, nb in newbob.items():
+    stepper.optimizer.load_state_dict(state.optimizer)
+    if stepper.scaler.is_enabled() and state.scaler:
+        stepper.scaler.load_state_dict(state.scaler)
+    for name, nb in stepper.newbob.items():
         saved = state.newbob[name]
         nb.scale, nb.wait, nb.previous = saved["scale"], saved["wait"], saved["previous"]
-        scale[name] = nb.scale
+        stepper.scale[name] = nb.scale
     for key, value in state.metrics.items():
         if key not in ("samples", "filtered", "device", "precision"):
             setattr(metrics, key, list(value) if isinstance(value, list) else value)

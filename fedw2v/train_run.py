@@ -105,7 +105,7 @@ def run(config: TrainRunConfig, *, on_model: Callable[[Any, str], None] | None =
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a directory")
-    source = manifest.read(config.manifest)
+    source = manifest.read(config.manifest, allow_outside_audio=config.allow_outside_audio)
     train_utts = utterances_from_manifest(source, split="train")
     if not train_utts:
         raise InputError(f"{config.manifest}: no train utterances to train on")

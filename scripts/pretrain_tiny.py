@@ -97,7 +97,7 @@ def last_json(text: str) -> dict:
 
 def check_voices(demo_voices: tuple[str, ...]) -> tuple[str, ...]:
     """The demo voices as speaker ids; exits when a voice is unknown or the two sets share a voice."""
-    from fedw2v.corpus.synth import find_voice
+    from fedw2v.corpus.voices import find_voice
 
     chosen = [find_voice(n) for n in PRETRAIN_VOICES]
     demo = [find_voice(n) for n in demo_voices]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -24,3 +25,68 @@ def test_aggregate_benchmark_builds_wav2vec2_base_and_agrees_with_flower():
                           "8e6", "--repeat", "1"], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     assert "max |fedw2v - Flower| = 0.00e+00" in out.stdout and "ratio fedw2v / Flower Message API" in out.stdout
+
+
+def _bench(script: str, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_local_train_benchmark_runs_fedw2v_and_trainer_side_by_side(asr_corpus, tmp_path):
+    """Tiny settings: the packaged model and a base-size random init on 2-6 utterances, one epoch, one thread.
+    transformers.Trainer needs accelerate: without it the script says so in one line and fedw2v runs alone."""
+    import importlib.util
+
+    from fedw2v.device import cpu_bf16_feature
+
+    has_trainer = importlib.util.find_spec("accelerate") is not None
+    sides = "fedw2v,trainer" if has_trainer else "fedw2v"
+    precisions = "fp32,bf16" if cpu_bf16_feature() else "fp32"
+    out = tmp_path / "bench.json"
+    res = _bench("local_train.py", "--manifest", str(asr_corpus[1]), "--models", "tiny-pretrained,base",
+                 "--base-utterances", "2", "--epochs", "1", "--batch", "4", "--repeat", "1", "--threads", "1",
+                 "--precisions", precisions, "--sides", sides, "--json", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = json.loads(out.read_text())["runs"]
+    expected = {(m, s, p) for m in ("tiny-pretrained", "base") for s in sides.split(",") for p in precisions.split(",")}
+    assert {(r["model"], r["side"], r["precision"]) for r in runs} == expected
+    assert all(r["utterances_per_second"] > 0 and 0 <= r["padded_fraction"] < 1 for r in runs)
+    assert "| tiny-pretrained | 1 | fedw2v | fp32 |" in res.stdout
+    if not has_trainer:
+        res = _bench("local_train.py", "--manifest", str(asr_corpus[1]), "--sides", "trainer")
+        assert res.returncode == 1 and "needs the accelerate package" in res.stderr
+    res = _bench("local_train.py", "--manifest", str(asr_corpus[1]), "--models", "tiny-pretrained", "--threads", "1",
+                 "--precisions", "fp32", "--batch", "3", "--profile")
+    assert res.returncode == 0, res.stderr[-3000:]
+    for phase in ("audio read + labels", "collation", "forward", "backward", "clip + optimizer"):
+        assert f"| {phase} |" in res.stdout
+    assert "aten::" in res.stdout
+
+
+def test_cpu_bf16_benchmark_compares_error_rates_after_the_same_steps(asr_corpus, tmp_path):
+    from fedw2v.device import cpu_bf16_feature
+
+    out = tmp_path / "bf16.json"
+    res = _bench("cpu_bf16.py", "--manifest", str(asr_corpus[1]), "--seeds", "0", "--max-steps", "1", "--json",
+                 str(out))
+    if not cpu_bf16_feature():
+        assert res.returncode == 1 and "no bf16 instructions" in res.stderr
+        return
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = json.loads(out.read_text())["runs"]
+    assert sorted(r["precision"] for r in runs) == ["bf16", "fp32"] and all(r["steps"] == 1 for r in runs)
+    assert all(0 <= r["cer"] for r in runs) and "bf16 speed-up by CPU time" in res.stdout
+
+
+def test_transcribe_benchmark_measures_peak_memory_of_fresh_processes():
+    """The memory part of benchmarks/transcribe.py at a small size (the speed part needs the base model)."""
+    import json
+    import os
+
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "transcribe.py"), "--no-speed", "--memory",
+                          "--memory-hours", "0.02"], capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rss = json.loads(out.stdout)["peak_rss"]
+    assert list(rss) == ["1 s", "1 min", "0.02 h"] and rss["0.02 h"]["audio_seconds"] == 72
+    assert all(100 < r["peak_rss_mb"] < 10_000 for r in rss.values())

@@ -128,10 +128,26 @@ def test_prepare_missing_corpus(tmp_path):
     assert r.exit_code == 2 and "corpus directory not found" in r.output
 
 
-def test_debug_shows_the_traceback(tmp_path):
-    r = runner.invoke(app, ["--debug", "prepare", str(tmp_path / "none"), "-o", str(tmp_path / "m.parquet")])
-    assert r.exit_code != 0
-    assert isinstance(r.exception, errors.CorpusError)
+@pytest.mark.parametrize("how", ["--debug", "FEDW2V_DEBUG=1"])
+def test_debug_shows_the_traceback(tmp_path, how):
+    """`--debug` (or FEDW2V_DEBUG=1) prints the traceback instead of the one line; without it, the one line."""
+    import os
+    from pathlib import Path
+
+    exe = str(Path(sys.executable).with_name("fedw2v"))
+    plain = [exe, "prepare", str(tmp_path / "none"), "-o", str(tmp_path / "m.parquet")]
+    env = {k: v for k, v in os.environ.items() if k != "FEDW2V_DEBUG"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent) + os.pathsep + env.get("PYTHONPATH", "")
+    debug_env = {**env, "FEDW2V_DEBUG": "1"} if how != "--debug" else env
+    args = [exe, "--debug", *plain[1:]] if how == "--debug" else plain
+    out = subprocess.run(args, capture_output=True, text=True, timeout=60, env=debug_env)
+    assert out.returncode != 0
+    assert "Traceback (most recent call last)" in out.stderr
+    assert "fedw2v.errors.CorpusError: " in out.stderr and "corpus directory not found" in out.stderr
+    quiet = subprocess.run(plain, capture_output=True, text=True, timeout=60, env=env)
+    assert quiet.returncode == 2 and "Traceback" not in quiet.stderr
+    assert quiet.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'none'}: corpus directory not found (pass the TEDLIUM_release-3 directory)"]
 
 
 def test_prepare_with_no_utterances_writes_nothing(tmp_path):

@@ -13,21 +13,33 @@ from typer.testing import CliRunner
 from fedw2v.cli import app
 from fedw2v.config import docs
 from fedw2v.config import options as opts
+from fedw2v.config.decode import DecodeConfig
 from fedw2v.config.simulate import SimulateConfig
 from fedw2v.config.train import TrainConfig, TrainRunConfig, recipe
+from fedw2v.evaluate import EvaluateConfig
+from fedw2v.lm.build import LmBuildConfig
+from fedw2v.transcribe import TranscribeConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 # options a command has besides its declared ones: display and output switches
-DISPLAY = {"simulate": {"verbose"}, "train": {"json_out"}}
+DISPLAY = {"simulate": {"verbose"}, "train": {"json_out"},
+           "evaluate": {"manifest_path", "by", "out", "allow_pickle", "json_out", "participation", "rounds", "plot"},
+           "transcribe": {"model", "out", "allow_pickle"}, "lm build": {"out"}}
 
 
 def _command(name: str):
-    return typer.main.get_command(app).commands[name]
+    command = typer.main.get_command(app)
+    for part in name.split():
+        command = command.commands[part]
+    return command
 
 
 @pytest.mark.parametrize("command, classes", [("simulate", (SimulateConfig,)),
-                                              ("train", (TrainRunConfig, TrainConfig))])
+                                              ("train", (TrainRunConfig, TrainConfig)),
+                                              ("evaluate", (EvaluateConfig, DecodeConfig)),
+                                              ("transcribe", (TranscribeConfig, DecodeConfig)),
+                                              ("lm build", (LmBuildConfig,))])
 def test_the_commands_options_are_exactly_the_declared_ones(command, classes):
     params = {p.name: p for p in _command(command).params if isinstance(p, typer.core.click.Option)}
     declared = {f.name: (f, opt) for cls in classes for f, opt, _ in opts.options(cls) if opt.cli}
@@ -122,7 +134,8 @@ def test_an_unset_option_takes_the_recipes_value_in_every_form():
 
 
 def test_resumable_keys_are_declared_once():
-    assert opts.resumable(SimulateConfig) == ("rounds", "round_timeout", "keep_checkpoints", "resume")
+    assert opts.resumable(SimulateConfig) == ("rounds", "round_timeout", "keep_checkpoints", "resume",
+                                              "dp_max_epsilon", "allow_outside_audio")
     a = SimulateConfig(clients_manifest="c", run_dir="r")
     b = dataclasses.replace(a, rounds=7, round_timeout=3.0, keep_checkpoints=9, resume=True)
     assert a.differences(b.to_dict()) == []

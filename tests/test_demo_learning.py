@@ -1,6 +1,10 @@
 """The demo's claim, at test scale: federated fine-tuning of the packaged `tiny-pretrained` model on voices it
-never heard lowers the global model's WER and CER on held-out speakers, round after round (in-process Flower grid,
-the Makefile's demo voices and training settings; `make demo` shows the full-size run)."""
+never heard lowers the global model's WER and CER on held-out speakers, round after round, with the Makefile's demo
+voices and training settings (`make demo` shows the full-size run).
+
+The rounds run in this process: the real `Server` on test_server's `FakeGrid`, a stand-in for Flower's grid that
+hands each training message to the real ClientApp handler (`run_train`). Flower's Ray-backed engine itself is
+tested in test_simulate.py."""
 
 from __future__ import annotations
 

@@ -92,3 +92,16 @@ def test_live_display_shows_round_clients_last_wer_elapsed_and_eta():
     assert "ETA 03:00" in display.status()  # round 2 under way: it, 3 and 4 are left
     assert "round 1/4 · checkpointed · clients 3/3 finished, 1 failed · last WER 80.00% (round 1)" in (
         console.export_text())  # without a terminal: one line per round
+
+
+def test_simulate_refuses_bf16_on_a_cpu_without_bf16_before_anything_starts(tmp_path, monkeypatch):
+    from fedw2v.errors import EnvironmentProblem
+    from fedw2v.fl import simulate as sim
+
+    monkeypatch.setattr("fedw2v.device.cpu_bf16_feature", lambda: None)
+    monkeypatch.setattr(sim, "plan_resources", lambda config: sim.Resources(0.0, 1.0, 0, 2, 2))  # no GPU here
+    config = SimulateConfig(clients_manifest=str(tmp_path / "c.parquet"), run_dir=str(tmp_path / "run"),
+                            precision="bf16")
+    with pytest.raises(EnvironmentProblem, match="this CPU has no bf16 instructions"):
+        sim.simulate(config)
+    assert not (tmp_path / "run").exists()  # refused before the run directory or Ray

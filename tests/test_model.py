@@ -122,7 +122,7 @@ def test_tiny_pretrained_is_described_and_packaged():
     import tomllib
     from fnmatch import fnmatch
 
-    from fedw2v.corpus.synth import VOICES
+    from fedw2v.corpus.voices import VOICES
 
     root = PRETRAINED.parents[2]
     files = sorted(p.name for p in PRETRAINED.iterdir())

@@ -47,6 +47,7 @@ def test_every_client_is_scored_at_every_kept_checkpoint(fl_run):
         taken = part.participation(events, r)
         clients = report.per_client[r]
         assert sum(s.clients for s in report.scores[r].values()) == len(clients) == 4 - len(report.clients_without_test)
+        assert set(report.clients_without_test).isdisjoint(clients)  # the clients without test are the unscored
         for c, detail in clients.items():
             assert detail["rounds_taken_part"] == taken.get(c, 0)
             assert detail["bucket"] == part.bucket(taken.get(c, 0))

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from fedw2v import manifest
 from fedw2v.cli import app
 from fedw2v.errors import InputError, ManifestError, UsageError
-from fedw2v.partition import PartitionConfig, _pick_holdout, _split_counts, import_lists, partition
+from fedw2v.partition import PartitionConfig, import_lists, partition
+from fedw2v.partition.schemes import _pick_holdout, _split_counts
 
 runner = CliRunner()
 
@@ -311,6 +312,33 @@ def test_dirichlet_alpha_controls_how_spread_speakers_are(table):
     assert clients_per_speaker(0.01) < clients_per_speaker(100.0)
 
 
+def digest(result) -> str:
+    """utt_id, client_id and local_split of every row of the output, hashed: the whole assignment in one value."""
+    import hashlib
+
+    rows = (f"{u} {c} {s}" for u, (c, s) in assignment(result).items())
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
+
+
+# The assignments of these seeds, pinned: the same manifest and seed make the same clients in every fedw2v version.
+# A change that moves one (the draws, their order, the numbering) re-partitions every user's corpus: update these
+# only on purpose, and say so in the CHANGELOG.
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"seed": 0}, "6b31d77a6ceeb881"),
+        ({"seed": 5, "holdout_minutes": 2.0, "holdout_min_minutes": 5.0, "max_clients": 6}, "508ecff2eb2f79ed"),
+        ({"scheme": "iid", "num_clients": 3, "seed": 1}, "b5d185c0928c59a1"),
+        ({"scheme": "iid", "num_clients": 5, "unit": "utterance", "seed": 2}, "fbfb5cd663fd99b4"),
+        ({"scheme": "dirichlet", "num_clients": 3, "alpha": 0.5, "seed": 3}, "cba0cedf7bf2a54a"),
+        ({"scheme": "dirichlet", "num_clients": 4, "alpha": 0.3, "unit": "utterance", "seed": 4, "max_clients": 3},
+         "cd21733134741234"),
+    ],
+)
+def test_the_assignment_of_a_seed_is_pinned(table, kwargs, expected):
+    assert digest(partition(table, PartitionConfig(**kwargs))) == expected
+
+
 def test_more_clients_than_speakers_is_a_usage_error(table):
     with pytest.raises(UsageError, match="more than the 8 speakers"):
         partition(table, PartitionConfig(scheme="iid", num_clients=9))
@@ -395,6 +423,13 @@ def test_import_lists_drop_policy(table, lists):
 def test_import_lists_max_clients_keeps_the_authors_ids(table, lists):
     r = import_lists(table, lists[0], max_clients=2)
     assert r.clients.column("client_id").to_pylist() == [0, 1] and r.stats.dropped_clients == 1
+
+
+def test_the_import_of_lists_is_pinned(table, lists):
+    root = lists[0]
+    got = [digest(import_lists(table, root, "first")), digest(import_lists(table, root, "drop")),
+           digest(import_lists(table, root, max_clients=2))]
+    assert got == ["a17d64bc61f65a4f", "3af1d5d83ee57341", "19c008ff8c1bf481"]
 
 
 def test_lists_written_from_a_partition_import_back_identically(table, tmp_path):

@@ -308,13 +308,104 @@ def test_old_checkpoints_are_pruned_but_the_base_best_and_latest_are_kept(fl_cli
 
 
 @pytest.mark.parametrize("weighting", ["loss", "wer"])
-def test_loss_and_wer_weighting_give_finite_normalised_weights(fl_clients, tmp_path, weighting):
+def test_loss_and_wer_weighting_give_the_weights_of_their_formulas(fl_clients, tmp_path, weighting):
+    """Known client results (each reply's samples, loss and dev WER set here): `loss` weights are exp(-loss) and
+    `wer` weights exp(100 - WER%), normalised, and both differ from `num` (samples)."""
+    import math
+
+    known = {c: {"samples": 10 + 7 * c, "loss": 0.5 + 0.3 * c, "dev-wer": 0.2 + 0.03 * c} for c in range(4)}
+
+    def reporting(content, worker):
+        reply = run_train(content, worker)
+        for key, value in known[int(content["config"]["client-id"])].items():
+            reply["metrics"][key] = value
+        return reply
+
     run = tmp_path / "run"
-    Server(FakeGrid(), _config(fl_clients, run, rounds=1, weighting=weighting, clients_per_round=4)).run()
+    Server(FakeGrid(reporting), _config(fl_clients, run, rounds=1, weighting=weighting, clients_per_round=4,
+                                        min_fit_clients=4)).run()
     agg = next(e for e in _round_events(run) if e["event"] == "aggregate")
-    assert agg["weighting"] == weighting
-    assert sum(agg["weights"].values()) == pytest.approx(1.0)
-    assert all(0 < w <= 1 for w in agg["weights"].values())
+    assert agg["weighting"] == weighting and sorted(agg["weights"]) == ["0", "1", "2", "3"]
+    got = [agg["weights"][str(c)] for c in range(4)]
+    if weighting == "loss":
+        raw = [math.exp(-known[c]["loss"]) for c in range(4)]
+    else:
+        raw = [math.exp(100 - 100 * known[c]["dev-wer"]) for c in range(4)]
+    assert got == pytest.approx([r / sum(raw) for r in raw], rel=1e-9)
+    samples = [known[c]["samples"] for c in range(4)]
+    num = [n / sum(samples) for n in samples]
+    assert max(abs(g - n) for g, n in zip(got, num)) > 0.1  # not FedAvg's weights
+
+
+def test_keep_checkpoints_and_round_timeout_may_change_on_resume(fl_clients, tmp_path):
+    run = tmp_path / "run"
+    Server(FakeGrid(), _config(fl_clients, run, rounds=1, keep_checkpoints=3, round_timeout=0)).run()
+    recorded = json.loads((run / "config.json").read_text())
+    del recorded["allow_outside_audio"]  # as a run recorded before the option existed
+    (run / "config.json").write_text(json.dumps(recorded))
+    state = Server(FakeGrid(), _config(fl_clients, run, rounds=3, resume=True, keep_checkpoints=1,
+                                       round_timeout=120)).run()
+    assert state.round == 3
+    recorded = json.loads((run / "config.json").read_text())
+    assert (recorded["rounds"], recorded["keep_checkpoints"], recorded["round_timeout"]) == (3, 1, 120)
+    assert runs.checkpoint_rounds(run) == sorted({0, 3, state.best_round})  # the new --keep-checkpoints 1 applied
+
+
+class LateGrid(SilentGrid):
+    """SilentGrid whose withheld replies do arrive, after their round gave up on them: every pull of a later round
+    hands them back too, whatever ids it asked for."""
+
+    def __init__(self):
+        super().__init__()
+        self.late = {}
+
+    def push_messages(self, messages):
+        ids = FakeGrid.push_messages(self, messages)
+        self.ttls += [m.metadata.ttl for m in messages]
+        self.late[ids[0]] = self.replies.pop(ids[0])
+        return ids
+
+    def pull_messages(self, ids):
+        asked = set(ids)
+        return [r for i, r in self.late.items() if i not in asked] + super().pull_messages(ids)
+
+
+def test_a_late_reply_after_round_timeout_is_ignored(fl_clients, tmp_path):
+    config = dict(rounds=2, clients_per_round=2, min_fit_clients=1, round_timeout=1.5, eval_every=2)
+    silent, late = tmp_path / "silent", tmp_path / "late"
+    Server(SilentGrid(), _config(fl_clients, silent, **config)).run()
+    grid = LateGrid()
+    Server(grid, _config(fl_clients, late, **config)).run()
+    assert len(grid.late) == 2  # round 1's late reply was handed to round 2, and round 2's own withheld one
+    assert _round_events(late) == _round_events(silent)  # the same failures, results and weights, as if it never came
+    a, b = _weights(silent, 2), _weights(late, 2)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_a_clients_training_depends_on_seed_round_and_client_not_on_the_worker(fl_clients, tmp_path):
+    """The same job (seed, round, client) gives the same weights on a fresh worker and on one that has trained
+    other clients first; another round or another client gets another seed."""
+    from fedw2v.fl.client_app import client_seed
+    from fedw2v.fl.records import arrays_from_record
+
+    jobs = {}
+
+    def keep(content, worker):
+        jobs[int(content["config"]["client-id"])] = content
+        return run_train(content, worker)
+
+    Server(FakeGrid(keep), _config(fl_clients, tmp_path / "run", rounds=1, clients_per_round=2)).run()
+    first, other = sorted(jobs)
+    fresh = arrays_from_record(run_train(jobs[first], Worker())["arrays"])
+    busy = Worker()
+    run_train(jobs[other], busy)
+    run_train(jobs[other], busy)
+    after_others = arrays_from_record(run_train(jobs[first], busy)["arrays"])
+    assert fresh.keys() == after_others.keys()
+    assert all(np.array_equal(fresh[k], after_others[k]) for k in fresh)
+    seeds = {client_seed(7, r, c) for r in (1, 2) for c in (first, other)}
+    assert len(seeds) == 4 and client_seed(7, 1, first) != client_seed(8, 1, first)
+    assert client_seed(7, 1, first) == client_seed(7, 1, first)
 
 
 def test_footprint_rounds_store_only_footprints_and_keep_their_checkpoints(fl_clients, tmp_path):
@@ -368,3 +459,21 @@ def test_the_summary_shows_wer_and_cer_of_every_evaluated_round():
     long = [{"round": r, "wer": 1.0 if r != 7 else 0.1, "cer": 0.5, "loss": None} for r in range(101)]
     shown = [h["round"] for h in simulate_rows(long, limit=10)]
     assert shown == [0, 7, *range(93, 101)]
+
+
+def test_the_summary_shows_at_most_25_evaluations_by_default_the_first_the_best_and_the_23_newest():
+    from rich.console import Console
+
+    from fedw2v.ui.render import simulate_rows, simulate_table
+
+    def history(n, best):
+        return [{"round": r, "wer": 0.1 if r == best else 0.9, "cer": 0.5, "loss": None} for r in range(n)]
+
+    assert [h["round"] for h in simulate_rows(history(25, 3))] == list(range(25))  # 25: all of them
+    shown = [h["round"] for h in simulate_rows(history(40, 5))]
+    assert shown == [0, 5, *range(17, 40)] and len(shown) == 25
+    console = Console(width=120, record=True)
+    console.print(simulate_table(SimpleNamespace(clients_per_round=4, eval_split="test"),
+                                 SimpleNamespace(round=39, history=history(40, 5))))
+    rows = [line for line in console.export_text().splitlines() if line.strip().startswith("│")]
+    assert len(rows) == 25

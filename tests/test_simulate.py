@@ -112,7 +112,22 @@ def test_sigkill_after_round_2_then_resume_equals_an_uninterrupted_run(fl_client
     fits = [e for e in eb if e["event"] == "fit"]
     assert fits and all(e["error"] is None for e in fits)
     assert max(e["worker_builds"] for e in fits) == 1  # each worker built its model once
+    assert {e["worker_threads"] for e in fits} == {1}  # --cpus-per-client 1
     assert (b / "plots" / "wer.png").is_file()
+
+
+def test_a_client_in_a_ray_worker_trains_with_exactly_cpus_per_client_torch_threads(fl_clients, tmp_path):
+    """Ray sets OMP_NUM_THREADS to an actor's cores only when the process has none: here the command inherits
+    OMP_NUM_THREADS=1, and the clients still train with --cpus-per-client 2 threads (capped at the cores)."""
+    env = _env(tmp_path)
+    env["OMP_NUM_THREADS"] = "1"
+    run = tmp_path / "runs" / "threads"
+    out = _run(_args(fl_clients, run, "--rounds", "1", "--clients-per-round", "2", "--local-steps", "1",
+                     "--cpus-per-client", "2", "--eval-every", "2"), env)
+    assert out.returncode == 0, out.stdout[-3000:]
+    fits = [e for e in runs.read_metrics(run) if e.get("event") == "fit"]
+    assert len(fits) == 2 and all(e["error"] is None for e in fits)
+    assert {e["worker_threads"] for e in fits} == {min(2, os.cpu_count() or 1)}
 
 
 def test_resume_with_other_options_is_refused_naming_them(fl_clients, tmp_path):
@@ -121,8 +136,6 @@ def test_resume_with_other_options_is_refused_naming_them(fl_clients, tmp_path):
     run.mkdir(parents=True)
     (run / "checkpoints").mkdir()
     (run / "checkpoints" / "LATEST").write_text("round-0001\n")
-    first = _args(fl_clients, run)
-    config = first[first.index("simulate") + 1:]
     # config.json of a run made with --local-epochs 1 and --seed 5 ...
     from fedw2v.config.simulate import SimulateConfig
 
@@ -130,12 +143,15 @@ def test_resume_with_other_options_is_refused_naming_them(fl_clients, tmp_path):
                               recipe="tiny", rounds=4, clients_per_round=2, local_epochs=1, local_steps=2,
                               batch_size=8, newbob=False, cpus_per_client=1, seed=5, lr_encoder=2e-3, lr_head=2e-3)
     runs.write_json_atomic(run / "config.json", recorded.to_dict())
+    before = (run / "config.json").read_bytes()
     # ... resumed with --seed 6 and --local-epochs 2 (more rounds are allowed)
     args = _args(fl_clients, run, "--resume", "--seed", "6", "--local-epochs", "2", "--rounds", "6")
     out = _run(args, env, timeout=120)
     assert out.returncode == 2, out.stdout
     assert "cannot resume with a different configuration: local_epochs, seed differ from config.json" in out.stdout
-    assert "Traceback" not in out.stdout and config
+    assert "Traceback" not in out.stdout
+    assert (run / "config.json").read_bytes() == before  # the refused resume changed nothing
+    assert not (run / "metrics.jsonl").exists() and runs.checkpoint_rounds(run) == []
 
 
 def test_too_few_successes_is_a_one_line_failure_with_exit_code_1(fl_clients, tmp_path):

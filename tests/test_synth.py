@@ -12,12 +12,12 @@ import pytest
 from typer.testing import CliRunner
 
 from fedw2v.cli import app
-from fedw2v.corpus import synth
+from fedw2v.corpus import sentences, synth, voices
 from fedw2v.corpus.synth import SynthConfig, synthesize
 from fedw2v.corpus.tedlium import PrepareConfig, parse_stm_line, prepare, speaker_from_talk
 from fedw2v.errors import EnvironmentProblem, UsageError
 
-needs_synth = pytest.mark.skipif(not synth.installed_synthesisers(), reason="needs flite or espeak-ng")
+needs_synth = pytest.mark.skipif(not voices.installed_synthesisers(), reason="needs flite or espeak-ng")
 SPLITS = ("train", "dev", "test")
 runner = CliRunner()
 
@@ -25,7 +25,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def corpora(tmp_path_factory):
     """The small corpus twice with seed 0 (determinism) and once with seed 1."""
-    if not synth.installed_synthesisers():
+    if not voices.installed_synthesisers():
         pytest.skip("needs flite or espeak-ng")
     base = tmp_path_factory.mktemp("synth")
     a = synthesize(SynthConfig(base / "a", speakers=4, minutes=1.0, seed=0))
@@ -70,38 +70,86 @@ def test_config_defaults(tmp_path):
 
 
 def test_text_helpers():
-    assert synth.number_words(123) == "one hundred and twenty three"
-    assert synth.number_words(15500) == "fifteen thousand five hundred"
-    assert synth.year_words(1998) == "nineteen ninety eight"
-    assert synth.year_words(2008) == "two thousand and eight"
-    assert synth.stm_words("It's what we don't know, i'd say.") == [
+    assert sentences.number_words(123) == "one hundred and twenty three"
+    assert sentences.number_words(15500) == "fifteen thousand five hundred"
+    assert sentences.year_words(1998) == "nineteen ninety eight"
+    assert sentences.year_words(2008) == "two thousand and eight"
+    assert sentences.stm_words("It's what we don't know, i'd say.") == [
         "it", "'s", "what", "we", "don", "'t", "know", "i", "'d", "say"
     ]
     import random
 
     rng = random.Random(0)
-    sentences = [synth.make_sentence(rng) for _ in range(200)]
-    assert all(5 <= len(s.split()) <= 15 and not re.search(r"\d", s) for s in sentences)
-    assert len(set(sentences)) > 150  # varied
-    assert sum("'" in s for s in sentences) > 20  # contractions
+    said = [sentences.make_sentence(rng) for _ in range(200)]
+    assert all(5 <= len(s.split()) <= 15 and not re.search(r"\d", s) for s in said)
+    assert len(set(said)) > 150  # varied
+    assert sum("'" in s for s in said) > 20  # contractions
+
+
+# The words and the talk plan a seed draws, pinned: the same seed makes the same corpus in every fedw2v version
+# (the synthesisers aside, whose versions doc/synth.json records). A change that moves them (a word list, the
+# order of the draws) changes every corpus: update these only on purpose, and say so in the CHANGELOG.
+def test_the_words_of_a_seed_are_pinned():
+    import hashlib
+    import random
+
+    rng = random.Random("fedw2v-synth:1:FliteSlt_2009K")
+    lines = []
+    for k in range(2000):  # 40 talks' worth: an opening, then 49 sentences, the first three with a forced quirk
+        said = sentences.make_sentence(rng, opening=(k % 50 == 0))
+        forced = ("unk", "noise", "variant")[k % 3] if k % 50 < 3 else None
+        words, noise = sentences.quirky_words(sentences.stm_words(said), rng, forced)
+        lines.append(f"{said}|{' '.join(words)}|{noise}")
+    assert lines[:2] == [
+        "so here's the thing about scientists in the lab.|so here 's the thing <unk> scientists in the lab|False",
+        "what's interesting is that stories can't clean it."
+        "|what 's interesting is that(2) stories can 't clean it|True",
+    ]
+    digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()
+    assert digest == "70bf4621e541b78bc2c00b8b2242bfa97222b45d8ded87524782a77fa07c887c"
+
+
+def test_the_talk_plan_of_a_seed_is_pinned(tmp_path):
+    import hashlib
+
+    plans = synth._plan(list(voices.VOICES[:5]), SynthConfig(tmp_path, speakers=5, minutes=2.0, seed=1))
+    assert [(p.talk_id, p.split, p.sa_split, p.label_style) for p in plans] == [
+        ("FliteSlt_2016G", "train", "train", "ofg"),
+        ("FliteSlt_2017L", "train", "dev", "na"),
+        ("FliteSlt_2018V", "train", "test", "f0"),
+        ("EspeakUsF3_2008U", "train", "train", "ofg"),
+        ("FliteRms_2011Q", "train", "train", "na"),
+        ("FliteRms_2012B", "train", "dev", "f0"),
+        ("EspeakScotland_2020D", "dev", "train", "ofg"),
+        ("FliteAwb_2014I", "test", "train", "ofg"),
+    ]
+    assert all(p.target_seconds == 15.0 for p in plans)
+    rows = [
+        f"{seed} {n} {p.index} {p.talk_id} {p.voice.speaker} {p.split} {p.sa_split} {p.label_style} {p.target_seconds!r}"
+        for seed in range(10)
+        for n in (3, 7, 10, 16)
+        for p in synth._plan(list(voices.VOICES[:n]), SynthConfig(tmp_path, speakers=n, minutes=3.0, seed=seed))
+    ]
+    digest = hashlib.sha256("\n".join(rows).encode()).hexdigest()
+    assert (len(rows), digest) == (520, "04e91f14b9df4c38cb89d78187a2ff1c161f6b39b4854caddec889d8a2f2795f")
 
 
 def test_voices_are_distinct_speakers():
-    n = len(synth.VOICES)
-    assert len({v.speaker for v in synth.VOICES}) == len({(v.synthesiser, v.name) for v in synth.VOICES}) == n
-    assert all(v.gender in ("male", "female") and "_" not in v.speaker for v in synth.VOICES)
-    assert "kal" not in {v.name for v in synth.VOICES}  # 8 kHz
+    n = len(voices.VOICES)
+    assert len({v.speaker for v in voices.VOICES}) == len({(v.synthesiser, v.name) for v in voices.VOICES}) == n
+    assert all(v.gender in ("male", "female") and "_" not in v.speaker for v in voices.VOICES)
+    assert "kal" not in {v.name for v in voices.VOICES}  # 8 kHz
 
 
 def test_voice_order_is_kept():
     """Speakers take voices in VOICES order: new voices are appended, so existing corpora keep their voices."""
-    assert [v.speaker for v in synth.VOICES[:16]] == [
+    assert [v.speaker for v in voices.VOICES[:16]] == [
         "FliteSlt", "EspeakUsF3", "FliteRms", "EspeakScotland", "FliteAwb", "EspeakUsM3", "FliteKal", "EspeakGbF4",
         "EspeakCaribbean", "EspeakUsM7", "EspeakRpF2", "EspeakNewYork", "EspeakLancasterF5", "EspeakMidlandsM2",
         "EspeakUsF4", "EspeakGbM4",
     ]
     # espeak-ng ignores a variant on `en-gb` (EspeakGbF4 and EspeakGbM4 speak alike): appended voices avoid it
-    assert not [v for v in synth.VOICES[16:] if v.name.startswith(("en-gb+", "en+"))]
+    assert not [v for v in voices.VOICES[16:] if v.name.startswith(("en-gb+", "en+"))]
 
 
 @pytest.mark.parametrize(
@@ -127,20 +175,20 @@ def test_config_speakers_follow_voices(tmp_path):
 
 def test_select_voices_by_speaker_or_voice_name():
     exes = {"flite": "/bin/flite", "espeak-ng": "/bin/espeak-ng"}
-    every = list(synth.VOICES)
-    chosen = synth.select_voices(("EspeakUsM1", "slt", "en-gb-x-rp+f5", "FliteRms"), every, exes)
+    every = list(voices.VOICES)
+    chosen = voices.select_voices(("EspeakUsM1", "slt", "en-gb-x-rp+f5", "FliteRms"), every, exes)
     assert [v.speaker for v in chosen] == ["EspeakUsM1", "FliteSlt", "EspeakRpF5", "FliteRms"]  # order kept
-    assert synth.find_voice("en-us+f3") is synth.find_voice("EspeakUsF3") and synth.find_voice("nope") is None
+    assert voices.find_voice("en-us+f3") is voices.find_voice("EspeakUsF3") and voices.find_voice("nope") is None
     with pytest.raises(UsageError, match="unknown voices nope, neither") as exc:
-        synth.select_voices(("slt", "nope", "neither"), every, exes)
+        voices.select_voices(("slt", "nope", "neither"), every, exes)
     assert "FliteSlt (slt)" in exc.value.hint
     with pytest.raises(UsageError, match="FliteSlt names FliteSlt \\(slt\\) a second time"):
-        synth.select_voices(("slt", "rms", "FliteSlt"), every, exes)
+        voices.select_voices(("slt", "rms", "FliteSlt"), every, exes)
     flite_only = [v for v in every if v.synthesiser == "flite"]
     with pytest.raises(UsageError, match="EspeakUsF3 needs espeak-ng voice en-us\\+f3, but espeak-ng is not installed"):
-        synth.select_voices(("slt", "EspeakUsF3", "rms"), flite_only, {"flite": "/bin/flite"})
+        voices.select_voices(("slt", "EspeakUsF3", "rms"), flite_only, {"flite": "/bin/flite"})
     with pytest.raises(UsageError, match="needs flite voice awb, but flite has no voice awb"):
-        synth.select_voices(("slt", "awb", "rms"), [v for v in every if v.name != "awb"], exes)
+        voices.select_voices(("slt", "awb", "rms"), [v for v in every if v.name != "awb"], exes)
 
 
 # --------------------------------------------------------------------------------------- the corpus
@@ -230,7 +278,7 @@ def test_noise_burst_in_audio(corpus):
 
 @pytest.mark.slow
 def test_talk_ids_and_speakers(corpus):
-    voices = {v.speaker: v for v in synth.VOICES}
+    by_speaker = {v.speaker: v for v in voices.VOICES}
     by_split: dict[str, set[str]] = {s: set() for s in SPLITS}
     for t in corpus.talks:
         assert re.fullmatch(r"[A-Z][A-Za-z0-9]*_\d{4}[A-Z]", t.talk_id)
@@ -240,7 +288,7 @@ def test_talk_ids_and_speakers(corpus):
     assert by_split["dev"].isdisjoint(by_split["test"])
     assert all(by_split[s] for s in SPLITS)
     assert max(Counter(t.speaker for t in corpus.talks if t.split == "train").values()) > 1
-    assert len({voices[s.speaker].name for s in corpus.speakers}) == len(corpus.speakers) == 4
+    assert len({by_speaker[s.speaker].name for s in corpus.speakers}) == len(corpus.speakers) == 4
     assert 0.7 * 60 <= corpus.speech_seconds <= 1.6 * 60
 
 
@@ -274,7 +322,7 @@ def test_voices_pick_the_speakers(corpora, tmp_path):
     same_doc = json.loads((same.out_dir / "doc" / "synth.json").read_text())
     assert same_doc["config"] == {**default_doc["config"], "voices": [s.speaker for s in a.speakers]}
 
-    names = [v.speaker for v in synth.available_voices()[-4:]][::-1]  # the last voices of VOICES, reversed
+    names = [v.speaker for v in voices.available_voices()[-4:]][::-1]  # the last voices of VOICES, reversed
     other = synthesize(SynthConfig(tmp_path / "other", minutes=0.4, seed=0, voices=tuple(names)))
     assert [s.speaker for s in other.speakers] == names
     assert [s.split for s in other.speakers] == ["train", "train", "dev", "test"]
@@ -319,7 +367,7 @@ def test_out_dir_rules_and_no_partial_output(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise EnvironmentProblem("synthesiser broke")
 
-    monkeypatch.setattr(synth, "_synthesise", boom)
+    monkeypatch.setattr(synth, "synthesise", boom)
     with pytest.raises(EnvironmentProblem):
         synthesize(SynthConfig(out, speakers=3, minutes=0.1, force=True))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]
@@ -349,8 +397,8 @@ def test_cli_happy_path(tmp_path):
     assert result.exit_code == 0, result.output
     for word in ("speaker", "voice", "synthesiser", "gender", "split", "talks", "minutes", "train", "dev", "test"):
         assert word in result.stdout
-    voices = synth.available_voices()[:3]
-    assert all(v.speaker in result.stdout and v.name in result.stdout for v in voices)
+    spoken = voices.available_voices()[:3]
+    assert all(v.speaker in result.stdout and v.name in result.stdout for v in spoken)
     assert str(out) in result.stdout
     assert prepare(PrepareConfig(corpus_dir=out)).problems == []
 
@@ -387,7 +435,7 @@ def test_cli_missing_synthesisers(tmp_path, monkeypatch):
 def test_cli_more_speakers_than_voices(tmp_path, monkeypatch):
     real_which = shutil.which
     monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "espeak-ng" else real_which(name))
-    n = len(synth.available_voices())
+    n = len(voices.available_voices())
     assert n == 4  # flite alone: slt, rms, awb, kal16
     result = runner.invoke(app, ["synth", str(tmp_path / "x"), "--speakers", "5"])
     assert result.exit_code == 2

@@ -133,7 +133,7 @@ def _pipeline_text(model_dir, wav):
     from transformers import pipeline
 
     audio, sr = sf.read(wav, dtype="float32")
-    asr = pipeline("automatic-speech-recognition", model=str(model_dir), device="cpu")
+    asr = pipeline("automatic-speech-recognition", model=str(model_dir), device="cpu", trust_remote_code=False)
     return " ".join(asr({"raw": audio, "sampling_rate": sr})["text"].split())
 
 

@@ -95,13 +95,17 @@ def _toml(value: Any) -> str:
 
 def blocks() -> dict[str, str]:
     """{block name: generated text} for the README."""
+    from fedw2v.config.decode import DecodeConfig
     from fedw2v.config.simulate import SimulateConfig
     from fedw2v.config.train import TrainConfig, TrainRunConfig
+    from fedw2v.lm.build import LmBuildConfig
 
     return {
         "simulate-options": options_table(SimulateConfig),
         "train-options": options_table(TrainRunConfig) + "\n" + options_table(TrainConfig).split("\n", 2)[2],
         "recipes": recipes_table(),
+        "decode-options": options_table(DecodeConfig),
+        "lm-build-options": options_table(LmBuildConfig),
     }
 
 

@@ -34,12 +34,14 @@ class Opt:
     recipe: str | bool = ""  # the TrainConfig field whose recipe value applies when unset (True: this field)
     path: bool = False  # a file or directory: the CLI takes a path (relative to the app directory under flwr run)
     absolute: bool = False  # a path the CLI stores absolute
+    output: str = ""  # a path fedw2v writes: "file" | "dir" (checked when parsed: `fedw2v.atomic.check_target`)
     rounds: bool = False  # a tuple of round numbers, written "3,5,10" on the command line and in a run config
     cli: bool = True  # an option of the command line
     run_config: bool = True  # a key of the Flower run config
     example: Any = None  # the run-config value of a field without a default (pyproject.toml)
     resumable: bool = False  # may differ when a run is resumed
     metavar: str = ""
+    parse: Any = None  # the command line gives a string that this callable turns into the value (ValueError: bad)
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:  # noqa: A002

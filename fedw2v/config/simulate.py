@@ -20,6 +20,7 @@ from fedw2v.config import options as opts
 from fedw2v.config.options import option
 from fedw2v.config.train import DEFAULT_MODEL, MODEL_HELP, PRECISIONS, RECIPES, recipe, train_option
 from fedw2v.errors import InputError
+from fedw2v.manifest import allow_outside_audio_option
 
 WEIGHTINGS = ("num", "loss", "wer", "uniform")
 EVAL_SPLITS = ("test", "dev")
@@ -32,7 +33,7 @@ class SimulateConfig:
     clients_manifest: str = option(help="The partitioned manifest (`fedw2v partition`).", cli=False, path=True,
                                    absolute=True, example="demo/clients.parquet")
     run_dir: str = option(help="Run directory, e.g. runs/NAME (config, metrics, checkpoints, plots).",
-                          flags="--run-dir", path=True, absolute=True, example="runs/flwr-demo")
+                          flags="--run-dir", path=True, absolute=True, output="dir", example="runs/flwr-demo")
     model: str = option(DEFAULT_MODEL, MODEL_HELP + " A new CTC head is added over the corpus characters when "
                         "needed.", flags=("--model", "-m"))
     rounds: int = option(100, "Federated rounds (paper: 100).", resumable=True)
@@ -95,6 +96,7 @@ class SimulateConfig:
                                    "subtract the noise (0: drawn from the operating system).")
     corpus_root: str = option("", "Where the corpus is now, if it moved since `prepare` (default: the manifest's "
                                   "corpus root).", path=True, absolute=True)
+    allow_outside_audio: bool = allow_outside_audio_option()
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # facts recorded, not compared
 
     def __post_init__(self) -> None:
@@ -109,6 +111,8 @@ class SimulateConfig:
         if not self.weighting:  # unset: FedAvg's sample counts, or the equal weights DP needs
             object.__setattr__(self, "weighting", "num" if self.dp == "off" else "uniform")
         checks = [
+            (opts.finite(self.lr_encoder, self.lr_head, self.gpus_per_client, self.cpus_per_client, self.round_timeout),
+             "learning rates, GPU and CPU shares and the round timeout must be finite"),
             (self.rounds >= 1, "rounds must be at least 1"),
             (self.clients_per_round >= 1, "clients per round must be at least 1"),
             (self.local_epochs >= 1, "local epochs must be at least 1"),

@@ -13,8 +13,9 @@ import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from fedw2v.config.options import META, declaration, option
+from fedw2v.config.options import META, declaration, finite, option
 from fedw2v.device import DEVICE_HELP, DEVICES
+from fedw2v.manifest import allow_outside_audio_option
 
 OPTIMIZERS = ("adam", "adamw")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -63,6 +64,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         checks = [
+            (finite(self.lr_encoder, self.lr_head, self.max_batch_seconds, self.weight_decay, self.clip_norm),
+             "learning rates, max_batch_seconds, weight_decay and clip_norm must be finite numbers"),
             (self.epochs >= 1, "epochs must be at least 1"),
             (self.max_batch_size >= 1, "max_batch_size must be at least 1"),
             (self.max_batch_seconds > 0, "max_batch_seconds must be positive"),
@@ -132,7 +135,8 @@ class TrainRunConfig:
     """`fedw2v train`: the run (where, which model, which recipe) and its resolved local-training config."""
 
     manifest: str  # the manifest whose train (and dev) split is used
-    out: str = option(help="Run directory to write (checkpoints/, metrics.jsonl).", flags=("--out", "-o"), path=True)
+    out: str = option(help="Run directory to write (checkpoints/, metrics.jsonl).", flags=("--out", "-o"), path=True,
+                      output="dir")
     model: str = option(DEFAULT_MODEL, MODEL_HELP, flags=("--model", "-m"))
     recipe: str | None = option(None, RECIPE_HELP, choices=tuple(RECIPES),
                                 shown_default="tiny for --model tiny, else paper")
@@ -140,6 +144,7 @@ class TrainRunConfig:
     resume: bool = option(False, "Continue the run in --out from its newest epoch checkpoint.", flags="--resume",
                           resumable=True)
     allow_pickle: bool = option(False, ALLOW_PICKLE_HELP, flags="--allow-pickle")
+    allow_outside_audio: bool = allow_outside_audio_option()
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)  # resolved (see `build`)
 
     def __post_init__(self) -> None:

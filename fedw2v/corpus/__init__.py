@@ -1,1 +1,2 @@
-"""Corpus recipes: TED-LIUM 3 preparation (`tedlium`) and the synthetic demo corpus (`synth`)."""
+"""Corpus recipes: TED-LIUM 3 preparation (`tedlium`) and the synthetic demo corpus (`synth`, with its voices in
+`voices` and its sentences in `sentences`)."""

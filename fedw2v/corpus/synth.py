@@ -14,6 +14,9 @@ NIST SPHERE, 16 kHz, 16-bit PCM, mono. The STM files carry the quirks of the rea
 rows, ``<unk>``, a ``{NOISE}`` filler (with a noise burst in the audio), split clitics (``it 's``),
 pronunciation variants (``the(2)``) and mixed segment labels (``<o,f0,female>``, ``<NA>``, ``<F0_M>``).
 
+The voices (which speakers exist, how a sentence is spoken) are in `fedw2v.corpus.voices`, the sentences and
+their STM transcripts in `fedw2v.corpus.sentences`; this module plans the talks and writes the corpus.
+
 Everything is derived from the seed: the same seed gives byte-identical STM and SPH files (flite and
 espeak-ng are deterministic for the same text and voice; their versions are recorded in doc/synth.json,
 as another version may speak differently). The corpus is built in a temporary directory next to OUT and
@@ -26,9 +29,7 @@ import json
 import math
 import os
 import random
-import re
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -36,73 +37,26 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedw2v.errors import EnvironmentProblem, UsageError
+from fedw2v.corpus.sentences import make_sentence, quirky_words, stm_words
+from fedw2v.corpus.voices import (
+    SYNTHESISERS,
+    Voice,
+    available_voices,
+    installed_synthesisers,
+    select_voices,
+    synthesise,
+    synthesiser_version,
+)
+from fedw2v.errors import UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
 SAMPLE_RATE = 16000
-SYNTHESISERS = ("flite", "espeak-ng")
 MIN_SPEAKERS = 3
 MAX_MINUTES = 600.0
 # Utterances are redrawn until their speech lasts this long (the training code keeps 0.1-10 s).
 UTTERANCE_SECONDS = (2.0, 8.0)
-WORDS_PER_SENTENCE = (6, 15)
-NO_SYNTHESISER = (
-    "no speech synthesiser found: install flite or espeak-ng (apt-get install flite espeak-ng, or make install)"
-)
-
-
-@dataclass(frozen=True)
-class Voice:
-    speaker: str  # speaker id (CamelCase, no underscore: it is the talk id without `_<year><letter>`)
-    synthesiser: str  # flite | espeak-ng
-    name: str  # the voice as the synthesiser names it (`slt`, `en-us+f3`)
-    gender: str  # male | female
-
-
-# Every voice the corpus may use, in the order speakers are taken (flite and espeak-ng interleaved, so a
-# small corpus mixes both; kal is left out: it is 8 kHz, kal16 is the same voice at 16 kHz).
-VOICES: tuple[Voice, ...] = (
-    Voice("FliteSlt", "flite", "slt", "female"),
-    Voice("EspeakUsF3", "espeak-ng", "en-us+f3", "female"),
-    Voice("FliteRms", "flite", "rms", "male"),
-    Voice("EspeakScotland", "espeak-ng", "en-gb-scotland", "male"),
-    Voice("FliteAwb", "flite", "awb", "male"),
-    Voice("EspeakUsM3", "espeak-ng", "en-us+m3", "male"),
-    Voice("FliteKal", "flite", "kal16", "male"),
-    Voice("EspeakGbF4", "espeak-ng", "en-gb+f4", "female"),
-    Voice("EspeakCaribbean", "espeak-ng", "en-029", "male"),
-    Voice("EspeakUsM7", "espeak-ng", "en-us+m7", "male"),
-    Voice("EspeakRpF2", "espeak-ng", "en-gb-x-rp+f2", "female"),
-    Voice("EspeakNewYork", "espeak-ng", "en-us-nyc", "male"),
-    Voice("EspeakLancasterF5", "espeak-ng", "en-gb-x-gbclan+f5", "female"),
-    Voice("EspeakMidlandsM2", "espeak-ng", "en-gb-x-gbcwmd+m2", "male"),
-    Voice("EspeakUsF4", "espeak-ng", "en-us+f4", "female"),
-    Voice("EspeakGbM4", "espeak-ng", "en-gb+m4", "male"),
-    # Appended later (the voices above keep their order, so existing corpora keep their speakers). They give
-    # `fedw2v synth --voices` more voices to choose from, e.g. for `make pretrained` (scripts/pretrain_tiny.py),
-    # whose voices must differ from the default 10-speaker demo corpus. Only bases whose variants change the
-    # sound are used: espeak-ng 1.51 ignores a variant on `en-gb` (so EspeakGbF4 and EspeakGbM4 above both
-    # speak as plain `en-gb`, a male voice).
-    Voice("EspeakUsM1", "espeak-ng", "en-us+m1", "male"),
-    Voice("EspeakUsF2", "espeak-ng", "en-us+f2", "female"),
-    Voice("EspeakUsM5", "espeak-ng", "en-us+m5", "male"),
-    Voice("EspeakUsKlatt", "espeak-ng", "en-us+klatt", "male"),
-    Voice("EspeakUsAndy", "espeak-ng", "en-us+Andy", "male"),
-    Voice("EspeakRpM5", "espeak-ng", "en-gb-x-rp+m5", "male"),
-    Voice("EspeakRpF5", "espeak-ng", "en-gb-x-rp+f5", "female"),
-    Voice("EspeakScotlandF2", "espeak-ng", "en-gb-scotland+f2", "female"),
-    Voice("EspeakCaribbeanF3", "espeak-ng", "en-029+f3", "female"),
-    Voice("EspeakNewYorkF4", "espeak-ng", "en-us-nyc+f4", "female"),
-    Voice("EspeakLancasterM3", "espeak-ng", "en-gb-x-gbclan+m3", "male"),
-    Voice("EspeakMidlandsF1", "espeak-ng", "en-gb-x-gbcwmd+f1", "female"),
-    Voice("EspeakScotlandM6", "espeak-ng", "en-gb-scotland+m6", "male"),
-    Voice("EspeakUsM2", "espeak-ng", "en-us+m2", "male"),
-    Voice("EspeakUsF5", "espeak-ng", "en-us+f5", "female"),
-    Voice("EspeakUsM4", "espeak-ng", "en-us+m4", "male"),
-    Voice("EspeakUsF1", "espeak-ng", "en-us+f1", "female"),
-)
 
 
 @dataclass(frozen=True)
@@ -116,7 +70,7 @@ class SynthConfig:
     force: bool = False  # replace out_dir when it exists and is not empty
     workers: int = 2  # synthesiser processes run at the same time
     # which voices speak, in this order (a speaker id such as `FliteSlt` or a voice name such as `slt` or
-    # `en-us+f3`, see VOICES); the split takes the last ones for dev and test as it does for the default list.
+    # `en-us+f3`, see voices.VOICES); the split takes the last ones for dev and test as it does for the default list.
     # Empty: the first `speakers` available voices of VOICES.
     voices: tuple[str, ...] = ()
 
@@ -191,94 +145,6 @@ class SynthResult:
         return sum(t.speech_seconds for t in self.talks)
 
 
-# --------------------------------------------------------------------------------------------- voices
-
-
-def installed_synthesisers() -> dict[str, str]:
-    """Synthesiser name -> executable path, for those on PATH."""
-    found = {}
-    for name in SYNTHESISERS:
-        path = shutil.which(name)
-        if path:
-            found[name] = path
-    return found
-
-
-def available_voices(synthesisers: dict[str, str] | None = None) -> list[Voice]:
-    """The voices of VOICES that the installed synthesisers have, in VOICES order.
-
-    EnvironmentProblem when no synthesiser is installed.
-    """
-    synthesisers = installed_synthesisers() if synthesisers is None else synthesisers
-    if not synthesisers:
-        raise EnvironmentProblem(NO_SYNTHESISER)
-    have: set[tuple[str, str]] = set()
-    if "flite" in synthesisers:
-        out = _run_text([synthesisers["flite"], "-lv"])
-        names = set(out.split(":", 1)[-1].split())
-        have.update(("flite", v.name) for v in VOICES if v.synthesiser == "flite" and v.name in names)
-    if "espeak-ng" in synthesisers:
-        exe = synthesisers["espeak-ng"]
-        # `espeak-ng --voices=...` prints a table: Pty Language Age/Gender VoiceName File Other-languages
-        rows = [line.split() for line in _run_text([exe, "--voices=en"]).splitlines()[1:]]
-        languages = {r[1] for r in rows if len(r) > 1}
-        rows = [line.split() for line in _run_text([exe, "--voices=variant"]).splitlines()[1:]]
-        variants = {r[4].removeprefix("!v/") for r in rows if len(r) > 4}
-        for v in VOICES:
-            if v.synthesiser == "espeak-ng":
-                base, _, variant = v.name.partition("+")
-                if base in languages and (not variant or variant in variants):
-                    have.add(("espeak-ng", v.name))
-    return [v for v in VOICES if (v.synthesiser, v.name) in have]
-
-
-def find_voice(name: str) -> Voice | None:
-    """The voice of VOICES with this speaker id (`FliteSlt`) or synthesiser voice name (`slt`, `en-us+f3`)."""
-    for v in VOICES:
-        if name in (v.speaker, v.name):
-            return v
-    return None
-
-
-def select_voices(names: tuple[str, ...] | list[str], available: list[Voice], exes: dict[str, str]) -> list[Voice]:
-    """The voices named (speaker ids or voice names), in the order given. UsageError for a name that is not in
-    VOICES, for one whose synthesiser is not installed or lacks it, and for two names of the same voice."""
-    chosen: list[Voice] = []
-    unknown = [n for n in names if find_voice(n) is None]
-    if unknown:
-        raise UsageError(
-            f"--voices: unknown voice{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}",
-            hint="name voices by speaker id or voice name; known: "
-            + ", ".join(f"{v.speaker} ({v.name})" for v in VOICES),
-        )
-    have = {(v.synthesiser, v.name) for v in available}
-    for n in names:
-        v = find_voice(n)
-        assert v is not None
-        if v in chosen:
-            raise UsageError(f"--voices: {n} names {v.speaker} ({v.name}) a second time")
-        if (v.synthesiser, v.name) not in have:
-            why = "is not installed" if v.synthesiser not in exes else f"has no voice {v.name}"
-            raise UsageError(f"--voices: {v.speaker} needs {v.synthesiser} voice {v.name}, but {v.synthesiser} {why}",
-                             hint="install flite and espeak-ng (make install), or choose other voices")
-        chosen.append(v)
-    return chosen
-
-
-def _run_text(cmd: list[str]) -> str:
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise EnvironmentProblem(f"{' '.join(cmd)} failed: {exc}") from None
-    return proc.stdout + proc.stderr
-
-
-def _version(exe: str) -> str:
-    out = _run_text([exe, "--version"]).strip().splitlines()
-    line = next((line for line in out if "version" in line.lower() or "espeak" in line.lower()), out[0] if out else "")
-    return line.split("  Data at")[0].strip()
-
-
 # ------------------------------------------------------------------------------------------- the plan
 
 
@@ -342,214 +208,7 @@ def _plan(voices: list[Voice], config: SynthConfig) -> list[_TalkPlan]:
     return plans
 
 
-# -------------------------------------------------------------------------------------------- the text
-
-_PERSONS = (
-    "my grandmother", "a friend of mine", "the teacher", "our neighbour", "the doctor", "my brother", "my sister",
-    "a young engineer", "the farmer", "the old captain", "my father", "a taxi driver", "the mayor", "my colleague",
-    "a student of mine", "the gardener", "the pilot", "my uncle",
-)
-_NOUNS = (
-    "city", "river", "garden", "machine", "question", "story", "village", "problem", "library", "mountain",
-    "computer", "bicycle", "hospital", "market", "ocean", "forest", "school", "kitchen", "window", "camera",
-    "language", "island", "bridge", "museum", "company", "planet", "song", "picture", "robot", "telescope",
-    "desert", "map", "engine", "painting", "letter", "garden path", "train station", "water pump", "seed",
-)
-_PLURALS = (
-    "people", "students", "trees", "cars", "books", "doctors", "farmers", "children", "families", "scientists",
-    "animals", "cities", "ideas", "stories", "questions", "machines", "birds", "teachers", "engineers",
-    "musicians", "neighbours", "fishermen", "villages", "rivers", "bees", "computers",
-)
-_ADJECTIVES = (
-    "small", "beautiful", "strange", "simple", "important", "difficult", "quiet", "bright", "ancient", "modern",
-    "curious", "enormous", "careful", "happy", "remarkable", "ordinary", "different", "warm", "cold", "fragile",
-    "expensive", "cheap", "wonderful", "dangerous", "useful", "gentle", "noisy", "empty", "crowded", "green",
-)
-_VERBS = (
-    "build", "change", "understand", "measure", "protect", "design", "share", "learn", "imagine", "explore",
-    "repair", "discover", "teach", "remember", "grow", "study", "visit", "explain", "clean", "count", "follow",
-)
-_PAST = (
-    "built", "changed", "found", "measured", "designed", "shared", "explored", "repaired", "discovered",
-    "visited", "studied", "noticed", "painted", "described", "opened", "counted", "followed", "cleaned", "sold",
-)
-_PLACES = (
-    "in africa", "in the city", "at the university", "in our village", "near the river", "in the lab", "at home",
-    "in new york", "in the desert", "on the island", "in the mountains", "in a small town", "by the sea",
-    "in india", "in brazil", "under the bridge", "in the north", "at the market",
-)
-_TIMES = (
-    "last year", "every morning", "ten years ago", "in the nineteen nineties", "this week", "every summer",
-    "a long time ago", "yesterday", "one day", "last winter", "every single day", "after the storm",
-)
-
-# Templates: {slot} is filled from the lists above; contractions are spoken whole and written split in the STM.
-_OPENINGS = (
-    "i'd like to tell you about {a_noun} {place}.",
-    "today i'm going to talk about {plurals} and {plurals}.",
-    "i'm going to show you {a_adj_noun} {time}.",
-    "it's a story about {a_noun} and {number} {plurals}.",
-    "let's start with {a_adj_noun} {place}.",
-    "i've been thinking about {plurals} for {number} years.",
-    "so here's the thing about {plurals} {place}.",
-)
-_TEMPLATES = _OPENINGS + (
-    "it's {a_adj_noun} and it's very {adj}.",
-    "we don't really know how to {verb} the {noun}.",
-    "they've {past} {number} {plurals} {time}.",
-    "that's why {person} couldn't {verb} the {noun}.",
-    "you'll see that the {noun} isn't as {adj} as it looks.",
-    "i didn't expect {person} to {verb} the {noun}.",
-    "here's the {adj} part of the {noun}.",
-    "she's been working on this {noun} for {number} years.",
-    "he'd never seen {a_adj_noun} like that before.",
-    "we're trying to {verb} the {plurals} {place}.",
-    "what's interesting is that {plurals} can't {verb} it.",
-    "it wasn't {adj}, but it was {adj}.",
-    "i'm sure you've all {past} {a_noun} {place}.",
-    "they're {adj} and they don't need {a_noun}.",
-    "{person} {past} {a_noun} {place} {time}.",
-    "the {noun} was {adj} and very {adj}.",
-    "{number} {plurals} {past} the {adj} {noun}.",
-    "so we decided to {verb} the {noun} {time}.",
-    "imagine {a_noun} with {number} {plurals} in it.",
-    "{time} {person} {past} {a_adj_noun}.",
-    "this is the story of {a_noun} and {number} {plurals}.",
-    "and the answer turned out to be surprisingly {adj}.",
-    "we measured the {noun} {number} times {time}.",
-    "the {plurals} {place} need {a_adj_noun}.",
-    "how do you {verb} {a_noun} when nobody is watching?",
-    "in {year} {person} {past} the first {noun}.",
-    "about {pct} percent of the {plurals} live {place}.",
-    "there were {number} {plurals} waiting {place}.",
-    "nobody could {verb} the {noun}, not even {person}.",
-    "you can {verb} {a_adj_noun} with very little money.",
-)
-# Words that may be written with a pronunciation variant marker, `the(2)`.
-_VARIANT_WORDS = ("the", "a", "to", "and", "of", "for", "that", "with", "was", "read", "live", "either", "were")
-
-_ONES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
-         "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen")
-_TENS = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
-
-
-def number_words(n: int) -> str:
-    """0..999999 spelled out the way TED-LIUM writes them: `one hundred and twenty three`."""
-    if not 0 <= n < 1_000_000:
-        raise ValueError(f"number out of range: {n}")
-    if n < 20:
-        return _ONES[n]
-    if n < 100:
-        return _TENS[n // 10] + ("" if n % 10 == 0 else " " + _ONES[n % 10])
-    if n < 1000:
-        rest = n % 100
-        return _ONES[n // 100] + " hundred" + ("" if rest == 0 else " and " + number_words(rest))
-    rest = n % 1000
-    head = number_words(n // 1000) + " thousand"
-    if rest == 0:
-        return head
-    return head + (" and " if rest < 100 else " ") + number_words(rest)
-
-
-def year_words(year: int) -> str:
-    """1995 -> `nineteen ninety five`, 2008 -> `two thousand and eight`, 2015 -> `twenty fifteen`."""
-    if 2000 <= year < 2010:
-        return number_words(year)
-    hi, lo = divmod(year, 100)
-    tail = "hundred" if lo == 0 else number_words(lo) if lo >= 10 else "oh " + number_words(lo)
-    return number_words(hi) + " " + tail
-
-
-def _article(phrase: str) -> str:
-    return ("an " if phrase[0] in "aeio" else "a ") + phrase
-
-
-def make_sentence(rng: random.Random, opening: bool = False) -> str:
-    """One spoken English sentence (lowercase, contractions whole, numbers spelled out), 6-15 words."""
-    templates = _OPENINGS if opening else _TEMPLATES
-    while True:
-        template = rng.choice(templates)
-        fills = {
-            "person": lambda: rng.choice(_PERSONS),
-            "noun": lambda: rng.choice(_NOUNS),
-            "a_noun": lambda: _article(rng.choice(_NOUNS)),
-            "a_adj_noun": lambda: _article(f"{rng.choice(_ADJECTIVES)} {rng.choice(_NOUNS)}"),
-            "plurals": lambda: rng.choice(_PLURALS),
-            "adj": lambda: rng.choice(_ADJECTIVES),
-            "verb": lambda: rng.choice(_VERBS),
-            "past": lambda: rng.choice(_PAST),
-            "place": lambda: rng.choice(_PLACES),
-            "time": lambda: rng.choice(_TIMES),
-            "number": lambda: number_words(rng.choice((rng.randint(2, 20), rng.randint(21, 99), rng.randint(100, 999),
-                                                       rng.randrange(1000, 20000, 500)))),
-            "pct": lambda: number_words(rng.randint(2, 99)),
-            "year": lambda: year_words(rng.randint(1950, 2019)),
-        }
-        sentence = re.sub(r"\{(\w+)\}", lambda m: fills[m.group(1)](), template)
-        n_words = len(sentence.split())
-        if WORDS_PER_SENTENCE[0] <= n_words <= WORDS_PER_SENTENCE[1]:
-            return sentence
-
-
-def stm_words(sentence: str) -> list[str]:
-    """The sentence as TED-LIUM writes it: no punctuation, clitics split off (`it's` -> `it 's`)."""
-    words = []
-    for token in re.sub(r"[^a-z' ]", " ", sentence.lower()).split():
-        i = token.find("'")
-        if 0 < i < len(token) - 1:
-            words.extend((token[:i], token[i:]))
-        else:
-            words.append(token.strip("'"))
-    return [w for w in words if w]
-
-
-def _quirky_words(words: list[str], rng: random.Random, force: str | None) -> tuple[list[str], bool]:
-    """Add `<unk>`, a pronunciation variant and/or a `{NOISE}` to a transcript. Returns (words, noise)."""
-    words = list(words)
-    plain = [i for i, w in enumerate(words) if not w.startswith("'") and len(w) > 3]
-    if plain and (force == "unk" or rng.random() < 0.08):
-        words[rng.choice(plain)] = "<unk>"
-    variants = [i for i, w in enumerate(words) if w in _VARIANT_WORDS]
-    if variants and (force == "variant" or rng.random() < 0.1):
-        i = rng.choice(variants)
-        words[i] = f"{words[i]}(2)"
-    noise = force == "noise" or rng.random() < 0.06
-    return words, noise
-
-
 # ------------------------------------------------------------------------------------------- the audio
-
-
-def _synthesise(voice: Voice, exe: str, text: str, wav: Path) -> np.ndarray:
-    """Speak `text` with `voice` into `wav`; return float32 samples at 16 kHz, leading/trailing silence trimmed."""
-    import numpy as np
-    import soundfile as sf
-    import soxr
-
-    if voice.synthesiser == "flite":
-        cmd = [exe, "-voice", voice.name, "-t", text, "-o", str(wav)]
-    else:
-        cmd = [exe, "-v", voice.name, "-w", str(wav), "--", text]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise EnvironmentProblem(f"{voice.synthesiser} failed for voice {voice.name}: {exc}") from None
-    if proc.returncode != 0 or not wav.exists():
-        detail = (proc.stderr or proc.stdout).strip().splitlines()
-        raise EnvironmentProblem(
-            f"{voice.synthesiser} failed for voice {voice.name} (exit {proc.returncode})"
-            + (f": {detail[-1]}" if detail else "")
-        )
-    audio, rate = sf.read(str(wav), dtype="float32", always_2d=True)
-    wav.unlink()
-    audio = audio.mean(axis=1)
-    if rate != SAMPLE_RATE:
-        audio = soxr.resample(audio, rate, SAMPLE_RATE).astype(np.float32)
-    loud = np.flatnonzero(np.abs(audio) > 0.02 * (np.abs(audio).max() or 1.0))
-    if loud.size == 0:
-        raise EnvironmentProblem(f"{voice.synthesiser} produced silence for voice {voice.name}")
-    pad = int(0.08 * SAMPLE_RATE)
-    return audio[max(0, loud[0] - pad): loud[-1] + pad + 1]
 
 
 def _noise_burst(nrng: np.random.Generator) -> np.ndarray:
@@ -597,10 +256,10 @@ def _make_talk(plan: _TalkPlan, exe: str, seed: int, data_dir: Path, work_dir: P
     while speech < plan.target_seconds or not rows:
         for _attempt in range(20):
             sentence = make_sentence(rng, opening=(k == 0))
-            audio = _synthesise(plan.voice, exe, sentence, work_dir / f"{plan.talk_id}-{k}.wav")
+            audio = synthesise(plan.voice, exe, sentence, work_dir / f"{plan.talk_id}-{k}.wav", SAMPLE_RATE)
             if UTTERANCE_SECONDS[0] <= len(audio) / SAMPLE_RATE <= UTTERANCE_SECONDS[1]:
                 break
-        words, noise = _quirky_words(stm_words(sentence), rng, forced if k == 0 else None)
+        words, noise = quirky_words(stm_words(sentence), rng, forced if k == 0 else None)
         peak = np.abs(audio).max() or 1.0
         audio = audio * np.float32(gain / peak)
         content: list[np.ndarray] = [audio]
@@ -741,7 +400,7 @@ def _result(
             sum(t.utterances for t in mine), round(sum(t.speech_seconds for t in mine), 2),
         ))
     used = {v.synthesiser for v in voices}
-    versions = {name: _version(exe) for name, exe in exes.items() if name in used}
+    versions = {name: synthesiser_version(exe) for name, exe in exes.items() if name in used}
     return SynthResult(out, config.seed, tuple(speakers), tuple(talks), versions)
 
 

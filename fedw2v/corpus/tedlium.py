@@ -164,7 +164,7 @@ def read_sph_header(path: str | os.PathLike) -> SphHeader:
         nbytes = int(fields.get("sample_n_bytes", "2"))
     except KeyError as exc:
         raise SphError(f"SPHERE header lacks {exc.args[0]}") from None
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:  # "abc", "nan" / "inf"
         raise SphError(f"SPHERE header field is not a number ({exc})") from None
     coding = fields.get("sample_coding", "pcm")
     if "shorten" in coding or "wavpack" in coding or "shortpack" in coding:

@@ -3,11 +3,13 @@
 A training message names the client (`client-id`), the round and where everything is (the partitioned
 manifest, the run's round-0 checkpoint), and carries the global weights (trainable parameters, by name).
 The worker builds its model once from the round-0 checkpoint and loads each round's weights into it; it
-reads the manifest once. It trains the client's local train split with `fedw2v.train.local_train`, scores its
-local dev split (WER) when it has one, and replies with its weights, sample count, loss and dev WER — or, if
-anything fails (unreadable audio, out of memory, a non-finite loss), with the error text and no weights, so
-the server leaves it out of the round and logs why. With --dp the reply passes Flower's clipping (central) or
-local-DP mod on its way out (`privacy.dp_client.privacy_mod`).
+reads the manifest once. It trains the client's local train split with `fedw2v.train.local_train`, with as
+many torch threads as the CPU cores Ray gave the client (``--cpus-per-client``, at least one; whatever
+``OMP_NUM_THREADS`` the process inherited), scores its local dev split (WER) when it has one, and replies with
+its weights, sample count, loss and dev WER (and the threads it used) — or, if anything fails (unreadable
+audio, out of memory, a non-finite loss), with the error text and no weights, so the server leaves it out of
+the round and logs why. With --dp the reply passes Flower's clipping (central) or local-DP mod on its way out
+(`privacy.dp_client.privacy_mod`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class TrainJob:
     base_model: str  # the run's round-0 checkpoint (the model every worker builds once)
     train_config: dict  # fedw2v.train.TrainConfig fields
     seed: int
+    allow_outside_audio: bool = False  # the run's --allow-outside-audio (audio paths outside the corpus root)
 
     @classmethod
     def from_record(cls, config: Any) -> TrainJob:
@@ -48,6 +51,7 @@ class TrainJob:
             client_id=int(config["client-id"]), round=int(config["round"]), manifest=str(config["manifest"]),
             corpus_root=str(config["corpus-root"]), base_model=str(config["base-model"]),
             train_config=json.loads(str(config["train-config"])), seed=int(config["seed"]),
+            allow_outside_audio=bool(config.get("allow-outside-audio", False)),
         )
 
     def to_record(self) -> ConfigRecord:
@@ -55,6 +59,7 @@ class TrainJob:
             "client-id": self.client_id, "round": self.round, "manifest": self.manifest,
             "corpus-root": self.corpus_root, "base-model": self.base_model,
             "train-config": json.dumps(self.train_config), "seed": self.seed,
+            "allow-outside-audio": self.allow_outside_audio,
         })
 
 
@@ -64,8 +69,20 @@ class Worker:
 
     def __init__(self) -> None:
         self._model: tuple[str, Any] | None = None
-        self._manifests: dict[tuple[str, str], Any] = {}
+        self._manifests: dict[tuple[str, str, bool], Any] = {}
         self.builds = 0  # how many times a model was built in this process (tests check it stays 1)
+
+    @staticmethod
+    def set_threads() -> int:
+        """Torch CPU threads = the cores Ray assigned to this worker (at least 1; as they are outside a Ray
+        worker); returns the number in use. Ray's own default (OMP_NUM_THREADS = the cores) gives way to an
+        OMP_NUM_THREADS the process inherited, so it is set here explicitly."""
+        import torch
+
+        from fedw2v.device import set_cpu_threads
+
+        cpus = ray_worker_cpus()
+        return set_cpu_threads(cpus) if cpus else torch.get_num_threads()
 
     def model(self, base: str) -> Any:
         if self._model is None or self._model[0] != base:
@@ -80,9 +97,9 @@ class Worker:
         from fedw2v import manifest as mf
         from fedw2v.batching import utterances_from_manifest
 
-        key = (job.manifest, job.corpus_root)
+        key = (job.manifest, job.corpus_root, job.allow_outside_audio)
         if key not in self._manifests:
-            self._manifests = {key: mf.read(job.manifest)}
+            self._manifests = {key: mf.read(job.manifest, allow_outside_audio=job.allow_outside_audio)}
         return utterances_from_manifest(
             self._manifests[key], split="train", local_split=local_split, client_id=job.client_id,
             corpus_root=job.corpus_root or None,
@@ -92,6 +109,20 @@ class Worker:
 WORKER = Worker()
 
 
+def ray_worker_cpus() -> float | None:
+    """The CPU cores Ray assigned to this process's actor (the client's --cpus-per-client), or None when this
+    process is not a Ray worker (the driver, or a ClientApp run without Ray)."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    try:
+        return ray.get_runtime_context().get_assigned_resources().get("CPU")
+    except (AssertionError, RuntimeError):  # "only available when the process is a worker"
+        return None
+
+
 def run_train(content: RecordDict, worker: Worker = WORKER) -> RecordDict:
     """Handle one training message's content; never raises (a failure is a reply with `error` set)."""
     t0 = time.perf_counter()
@@ -99,11 +130,13 @@ def run_train(content: RecordDict, worker: Worker = WORKER) -> RecordDict:
     client_id = int(config["client-id"])
     try:
         job = TrainJob.from_record(config)
+        threads = worker.set_threads()
         metrics, arrays = _train(job, arrays_from_record(content["arrays"]), worker)
         reply = RecordDict({
             "arrays": record_from_arrays(arrays),
             "metrics": MetricRecord({**metrics, "seconds": time.perf_counter() - t0}),
-            "status": ConfigRecord({"client-id": client_id, "error": "", "builds": worker.builds}),
+            "status": ConfigRecord({"client-id": client_id, "error": "", "builds": worker.builds,
+                                    "threads": threads}),
         })
     except BaseException as exc:  # noqa: BLE001 -- reported to the server, which leaves the client out
         if isinstance(exc, KeyboardInterrupt):

@@ -94,7 +94,7 @@ class Server:
         self.report = reporter or (lambda event: None)
         self.run_dir = Path(config.run_dir)
         self.log = runs.MetricsLog(self.run_dir)
-        self.manifest = mf.read(config.clients_manifest)
+        self.manifest = mf.read(config.clients_manifest, allow_outside_audio=config.allow_outside_audio)
         self.client_ids = self.manifest.client_ids
         if not self.client_ids:
             raise InputError(
@@ -211,7 +211,7 @@ class Server:
         messages = []
         for i, cid in enumerate(clients):
             job = TrainJob(cid, r, self._job_manifest, self.config.corpus_root, self.base_model,
-                           self._job_train_config, self.config.seed)
+                           self._job_train_config, self.config.seed, self.config.allow_outside_audio)
             messages.append(Message(RecordDict({"arrays": record, "config": self.dp.job_config(job.to_record())}),
                                     dst_node_id=nodes[i % len(nodes)], message_type=MessageType.TRAIN,
                                     group_id=str(r), ttl=timeout))
@@ -260,6 +260,8 @@ class Server:
         status = content["status"]
         metrics = {k.replace("-", "_"): v for k, v in dict(content["metrics"]).items()}
         metrics["worker_builds"] = int(status["builds"])
+        if "threads" in status:
+            metrics["worker_threads"] = int(status["threads"])  # torch threads it trained with
         if status["error"]:
             return {"error": str(status["error"]), "metrics": metrics, "arrays": None}
         arrays = arrays_from_record(content["arrays"])

@@ -63,9 +63,13 @@ def simulate(config: SimulateConfig, reporter: Any = None, verbose: bool = False
     from fedw2v.fl.client_app import app as client_app
     from fedw2v.fl.server_app import Outcome, check_run_dir, make_server_app
 
+    res = plan_resources(config)
+    if not res.total_gpus:  # clients train on the CPU: refuse bf16 there before anything starts, not in each client
+        from fedw2v.device import resolve_precision
+
+        resolve_precision(config.train_config().precision, "cpu")
     check_run_dir(config)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # keep CUDA_VISIBLE_DEVICES as Ray pins it
-    res = plan_resources(config)
     outcome = Outcome()
     context = Context(run_id=int(time.time()), node_id=0, node_config={}, state=RecordDict(),
                       run_config=config.to_run_config())

@@ -221,7 +221,7 @@ def _setting(run: _Run, config: FootprintConfig, say: Progress) -> _Setting:
     """The clients manifest, the indicator set and the enrollment recipe, read once for all rounds."""
     from fedw2v import manifest as mf
 
-    clients = mf.read(run.sim.clients_manifest)
+    clients = mf.read(run.sim.clients_manifest, allow_outside_audio=run.sim.allow_outside_audio)
     indicator = _analysis_indicator(run, config, clients)
     say(f"indicator set: {len(indicator.utterances)} utterances ({indicator.seconds:.0f} s) of {indicator.split} "
         f"from {indicator.source}")
@@ -280,7 +280,8 @@ def _analysis_indicator(run: _Run, config: FootprintConfig, clients_manifest: Ma
             )
         return chosen
     path = config.indicator_manifest or sim.indicator_manifest or sim.clients_manifest
-    source = clients_manifest if path == sim.clients_manifest else mf.read(path)
+    source = (clients_manifest if path == sim.clients_manifest
+              else mf.read(path, allow_outside_audio=sim.allow_outside_audio))
     # indicator_from_ids sets available = len(ids): one utterance per id, or an error
     return indicator_from_ids(source, ids, sim.corpus_root or None, split=first.get("split", ""), name=str(path))
 

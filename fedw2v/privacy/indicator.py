@@ -146,9 +146,10 @@ def run_indicator(config: SimulateConfig, clients: Manifest | None = None) -> In
     excluded. The server and `analyse` both use this, so test and enrollment footprints share the set."""
     from fedw2v import manifest as mf
 
-    clients = clients if clients is not None else mf.read(config.clients_manifest)
+    outside = config.allow_outside_audio
+    clients = clients if clients is not None else mf.read(config.clients_manifest, allow_outside_audio=outside)
     path = config.indicator_manifest or config.clients_manifest
-    source = clients if path == config.clients_manifest else mf.read(path)
+    source = clients if path == config.clients_manifest else mf.read(path, allow_outside_audio=outside)
     exclude = {s for speakers in client_speakers(clients).values() for s in speakers}
     return load_indicator(source, config.indicator_split, config.indicator_utterances,
                           config.corpus_root or None, exclude, name=str(path))

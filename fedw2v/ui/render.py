@@ -116,28 +116,82 @@ def train_table(metrics: Any, model: str, out: Any) -> Any:
 
 
 def evaluate_table(result: Any) -> Table:
-    """`fedw2v evaluate`: WER, CER and the edit counts on the scored split."""
-    c = result.overall
+    """`fedw2v evaluate`: WER, CER and the edit counts on the scored split (with --decoder beam, a row for the
+    greedy decoding of the same run above the beam row)."""
+    rows = [result.greedy, result] if result.greedy is not None else [result]
     table = Table(title=f"fedw2v evaluate ({result.split}, normalisation {result.normalization})", title_justify="left")
-    for name in ("utterances", "words", "WER %", "CER %", "sub", "del", "ins", "audio h", "RTF"):
-        table.add_column(name, justify="right")
-    rtf = f"{result.seconds / result.audio_seconds:.3f}" if result.audio_seconds else "-"
-    table.add_row(str(c.utterances), str(c.ref_words), f"{100 * c.wer:.2f}", f"{100 * c.cer:.2f}",
-                  str(c.substitutions), str(c.deletions), str(c.insertions),
-                  f"{result.audio_seconds / 3600:.2f}", rtf)  # fmt: skip
-    table.caption = f"model {result.model}"
+    names = ("utterances", "words", "WER %", "CER %", "sub", "del", "ins", "audio h", "RTF")
+    for name in (("decoder",) if len(rows) > 1 else ()) + names:
+        table.add_column(name, justify="left" if name == "decoder" else "right")
+    for r in rows:
+        c = r.overall
+        rtf = f"{r.seconds / r.audio_seconds:.3f}" if r.audio_seconds else "-"
+        cells = [str(c.utterances), str(c.ref_words), f"{100 * c.wer:.2f}", f"{100 * c.cer:.2f}",
+                 str(c.substitutions), str(c.deletions), str(c.insertions), f"{r.audio_seconds / 3600:.2f}", rtf]
+        table.add_row(*([r.decoder] if len(rows) > 1 else []), *cells)
+    table.caption = f"model {result.model}" + (_beam_caption(result) if result.greedy is not None else "")
     table.caption_justify = "left"
     return table
 
 
+def evaluate_report(result: Any, speakers: bool, out: Any = None) -> list[Any]:
+    """What `fedw2v evaluate` prints: its table, the per-speaker table, where the hypotheses went."""
+    items: list[Any] = [evaluate_table(result)] + ([speaker_table(result)] if speakers else [])
+    if out is not None:
+        items.append(f"wrote {result.all_hypotheses().num_rows} hypotheses to {out}")
+    return items
+
+
+def _beam_caption(result: Any) -> str:
+    b, g = result.beam or {}, result.greedy.overall
+    w = b.get("weights") or {}
+    drop = f"{100 * (g.wer - result.overall.wer) / g.wer:.1f}%" if g.wer else "-"
+    how = w.get("chosen_by", "")
+    return (f"\nbeam: size {b.get('beam_size')}, LM {b.get('lm') or 'none'}, lexicon {b.get('lexicon') or 'none'}, "
+            f"--lm-weight {w.get('lm_weight', 0):g} --word-score {w.get('word_score', 0):g} ({how}); "
+            f"relative WER change from greedy: -{drop}")
+
+
 def speaker_table(result: Any) -> Table:
-    """`fedw2v evaluate --by speaker`: one row per speaker."""
+    """`fedw2v evaluate --by speaker`: one row per speaker (greedy and beam columns with --decoder beam)."""
     table = Table(title=f"per speaker ({result.split})", title_justify="left")
-    for name in ("speaker", "utterances", "words", "WER %", "CER %"):
+    both = result.greedy is not None
+    names = ("WER % greedy", "WER % beam", "CER % greedy", "CER % beam") if both else ("WER %", "CER %")
+    for name in ("speaker", "utterances", "words", *names):
         table.add_column(name, justify="left" if name == "speaker" else "right")
     for spk, c in result.by_speaker.items():
-        table.add_row(spk, str(c.utterances), str(c.ref_words), f"{100 * c.wer:.2f}", f"{100 * c.cer:.2f}")
+        if both:
+            g = result.greedy.by_speaker[spk]
+            rates = (g.wer, c.wer, g.cer, c.cer)
+        else:
+            rates = (c.wer, c.cer)
+        table.add_row(spk, str(c.utterances), str(c.ref_words), *(f"{100 * r:.2f}" for r in rates))
     return table
+
+
+def lm_build_lines(result: Any) -> list[str]:
+    """`fedw2v lm build`: what was read and written, in a few lines."""
+    p = result.provenance
+    c = p["counts"]
+    sources = "; ".join(f"{s['path']} ({s['kind']}, {s['sentences']} sentences)" for s in p["sources"])
+    skipped = p["skipped_words"]
+    lines = [
+        f"read {c['sentences']} sentences, {c['words']} words, {c['vocabulary']} distinct, normalisation "
+        f"{p['normalization']}: {sources}",
+        f"lm.arpa: {p['order']}-gram interpolated modified Kneser-Ney, n-grams per order "
+        f"{', '.join(str(n) for n in c['ngrams'])}"
+        + (f" (fallback discounts for orders {', '.join(map(str, p['fallback_discounts_orders']))}: too little text "
+           "to estimate them)" if p["fallback_discounts_orders"] else ""),
+        f"lexicon.txt: {p['lexicon']['words']} words spelled in {p['lexicon']['characters']}",
+    ]
+    if skipped["distinct"]:
+        examples = ", ".join(repr(w) for w, _ in skipped["most_common"][:5])
+        lines.append(f"skipped {skipped['distinct']} words ({skipped['occurrences']} occurrences) with characters "
+                     f"outside the model's vocabulary, replaced by <unk>: {examples}")
+    if p["character_lm"]:
+        lines.append(f"chars.arpa: {p['character_lm']['order']}-gram over characters (for --lexicon-free)")
+    lines += [f"binary: {p['binary']}", f"wrote {result.out_dir} (provenance: lm.json)"]
+    return lines
 
 
 SIMULATE_ROWS = 25  # evaluations shown one per row; longer runs show the first, the best and the newest ones

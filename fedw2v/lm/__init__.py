@@ -1,0 +1,2 @@
+"""N-gram language models for beam decoding: estimation (`ngram`), lexicons (`lexicon`), and the
+`fedw2v lm build` stage (`build`)."""
