@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -88,14 +88,18 @@ _shapes = st.lists(st.integers(1, 40), min_size=1, max_size=3)
 
 
 @settings(max_examples=40, deadline=None)
-@given(shapes=_shapes, scale=st.floats(1e-4, 1e3), clip=st.floats(1e-3, 1e2), seed=st.integers(0, 2**31))
-def test_clipping_bounds_every_updates_norm(shapes, scale, clip, seed):
-    """Property: whatever the update, what the server averages (its own clipping) and what a central-DP client
-    sends (Flower's fixedclipping_mod) lie within C of the global weights; an update already within C is not
-    touched."""
+@given(shapes=_shapes, log_ratio=st.floats(-3, 3), clip=st.floats(1e-3, 1e2), seed=st.integers(0, 2**31))
+@example(shapes=[5, 3], log_ratio=math.log10(1.5), clip=1.0, seed=0).via("just outside the bound")
+@example(shapes=[7], log_ratio=math.log10(0.5), clip=2.0, seed=1).via("just inside it")
+def test_clipping_bounds_every_updates_norm(shapes, log_ratio, clip, seed):
+    """Property: whatever the update (its norm 10^log_ratio times C, from far inside to far outside the bound), what
+    the server averages (its own clipping) and what a central-DP client sends (Flower's fixedclipping_mod) lie
+    within C of the global weights; an update already within C is not touched."""
     rng = np.random.default_rng(seed)
     g = {f"w{i}": rng.normal(size=n).astype(np.float32) for i, n in enumerate(shapes)}
-    w = {k: (v + scale * rng.normal(size=v.shape)).astype(np.float32) for k, v in g.items()}
+    step = {k: rng.normal(size=v.shape) for k, v in g.items()}
+    scale = 10**log_ratio * clip / math.sqrt(sum(float((v ** 2).sum()) for v in step.values()))
+    w = {k: (v + scale * step[k]).astype(np.float32) for k, v in g.items()}
     clipped, before = dp.clip_update(g, w, clip)
     assert before == pytest.approx(_norm(w, g), rel=1e-5)
     assert _norm(clipped, g) <= clip * (1 + 1e-4) + 1e-6  # float32 rounding of g + clip(w - g)
@@ -430,3 +434,25 @@ def test_a_resumed_dp_run_equals_an_uninterrupted_one(fl_clients, tmp_path, mode
         shutil.copytree(saved, c)
     assert all(np.array_equal(finals[0][k], finals[1][k]) for k in finals[0])
     assert not all(np.array_equal(finals[0][k], wa[k]) for k in wa)  # other noise than the seeded run
+
+
+def test_the_footprint_report_names_what_the_attack_analysed():
+    """`fedw2v footprint` says which updates it scored: the noised ones under local DP, the clipped un-noised ones
+    under central DP (whose noise protects only the released model); nothing without DP."""
+    from rich.console import Console
+
+    from fedw2v.privacy import attack
+    from fedw2v.privacy.stats import LayerEER
+    from fedw2v.ui.render import footprint_table
+
+    assert "the noised updates the server received" in attack.defence(_config(dp="local", dp_noise_multiplier=0.3))
+    central = attack.defence(_config(dp_noise_multiplier=2.0, dp_clip=5.0))
+    assert central.startswith("--dp central (z 2, C 5)") and "clipped, un-noised updates" in central
+    assert attack.defence(SimulateConfig(clients_manifest="c", run_dir="r")) == ""
+    pooled = LayerEER(eer=[20.0], ci=[(10.0, 30.0)], targets=4, nontargets=12)
+    report = attack.FootprintReport("run", ["input"], [], pooled, None, {"utterances": 2, "seconds": 3.0,
+                                    "speakers": ["x"], "split": "dev", "manifest": "m"}, 1, 10, 0.95,
+                                    defence=central)
+    console = Console(width=200, record=True)
+    console.print(footprint_table(report))
+    assert "clipped, un-noised updates" in console.export_text()
