@@ -314,18 +314,16 @@ def local_train(
 
     t0 = time.perf_counter() - (resume.metrics.get("seconds", 0.0) if resume else 0.0)
     device = resolve_device(config.device)
-    cuda = device.startswith("cuda")
-    precision = resolve_precision(config.precision, device)
+    cuda, precision = device.startswith("cuda"), resolve_precision(config.precision, device)
     if not cuda:
         torch.set_flush_denormal(True)  # denormals slow CPU steps ~5x after warm-up (REFERENCE §5)
     kept, dropped = filter_by_duration(utterances, config.min_seconds, config.max_seconds)
-    metrics = TrainMetrics(samples=len(kept), filtered=dropped, device=device, precision=precision)
-    metrics.lr_encoder, metrics.lr_head = config.lr_encoder, config.lr_head
+    metrics = TrainMetrics(samples=len(kept), filtered=dropped, device=device, precision=precision,
+                           lr_encoder=config.lr_encoder, lr_head=config.lr_head)
     if not kept:
         metrics.seconds = time.perf_counter() - t0
         return metrics
     dev_kept = filter_by_duration(dev, config.min_seconds, config.max_seconds)[0] if dev else []
-
     model.to(device)
     set_feature_encoder_frozen(model, config.freeze_feature_encoder)
     _set_checkpointing(model, cuda and config.gradient_checkpointing)

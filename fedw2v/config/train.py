@@ -50,7 +50,8 @@ class TrainConfig:
                                                  "never sent.", negative="--train-feature-encoder", recipe=True)
     min_seconds: float | None = option(0.1, "Drop training utterances shorter than this many seconds.", recipe=True)
     max_seconds: float | None = option(10.0, "Drop training utterances longer than this many seconds.", recipe=True)
-    precision: str = option("fp32", "Autocast precision; bf16/fp16 on CUDA only (the CPU trains in fp32).",
+    precision: str = option("fp32", "Autocast precision: bf16 on CUDA or on CPUs with bf16 instructions (refused on "
+                                    "others), fp16 on CUDA only (the CPU trains it in fp32).",
                             choices=PRECISIONS, recipe=True)
     gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass: less memory (CUDA "
                                                  "only).", negative="--no-gradient-checkpointing", recipe=True)
