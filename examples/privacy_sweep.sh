@@ -7,8 +7,10 @@
 #   examples/privacy_sweep.sh [CLIENTS] [OUT_DIR]
 #   LOCAL_Z="0.0001 0.001" CENTRAL_Z="0.01 1" CLIP=5 examples/privacy_sweep.sh demo/clients.parquet runs/sweep
 #
-# Cost: one demo run (6 rounds) plus one footprint analysis (rounds 2, 4, 6) per setting; measured on 2 shared,
-# loaded cores, ~17 min per setting (README, "Differential privacy against the footprint attack").
+# Cost: one demo run (6 rounds) plus one footprint analysis (rounds 2, 4, 6) per setting. Measured on 2 cores
+# shared with other jobs (load average ~15): the no-DP setting took 711 s of simulate + 1050 s of footprint,
+# ~30 min; on an idle machine the demo's simulate takes ~4 min (README, "The privacy-utility sweep").
+# What the README shows ran as: LOCAL_Z=0.003 CENTRAL_Z=1 examples/privacy_sweep.sh demo/clients.parquet
 # Every run is kept (OUT_DIR/<setting>/, with footprint.json); a rerun skips the settings already done.
 set -euo pipefail
 CLIENTS=${1:-demo/clients.parquet}
