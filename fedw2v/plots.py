@@ -127,7 +127,7 @@ def privacy_utility(points: Sequence[dict], path: str | os.PathLike, title: str 
     ax.axhline(50, color="#888888", linestyle=":", linewidth=1, label="chance (50%)")
     ax.set_xlabel("test CER % of the final global model (higher = worse model)")
     ax.set_ylabel("lowest pooled footprint EER % (higher = more private)")
-    ax.set_ylim(0, 60)
+    ax.set_ylim(0, max([60.0] + [p["eer_ci"][1] + 5 for p in points]))  # every interval whole
     ax.legend(frameon=False, fontsize=8, loc="lower right")
     ax.set_title(title or "privacy-utility sweep")
     fig.tight_layout()
