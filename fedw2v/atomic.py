@@ -1,6 +1,7 @@
 """Writing files so that a reader never sees a half-written one: a temporary file in the same directory,
 flushed to disk, then renamed over the target. On any error (or interruption) the temporary file is removed
-and the target is left as it was.
+and the target is left as it was. A writer killed outright (SIGKILL, power loss) cannot remove its temporary
+``.NAME.PID@HOST-XXXXXXXX.tmp``; the next write to the same target does (`remove_stale_temporaries`).
 
 What may be replaced is checked first (`check_target`): a regular file (or a directory, for directory outputs)
 or nothing at all. A device, FIFO or socket, a path under a regular file, and an empty path are refused in one
@@ -11,8 +12,10 @@ command that writes checks its output options up front with the same function, n
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -93,7 +96,8 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     `check_target` runs first and again just before the rename: only a regular file is ever replaced."""
     path = check_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}@{_HOST}-", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
@@ -105,6 +109,54 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+_HOST = socket.gethostname().replace("/", "_")
+LEGACY_STALE_SECONDS = 3600.0  # a temporary without its writer's pid (older fedw2v) is stale after this long
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries that killed writers of `path` left beside it: ``.NAME.PID@HOST-*.tmp`` whose process
+    no longer runs on this host (another host's are left alone: a shared run directory), and pid-less
+    ``.NAME.*.tmp`` of older versions not modified for an hour. A running writer's temporary is never touched.
+    Returns what was deleted."""
+    path = Path(path)
+    prefix, removed = f".{path.name}.", []
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not (entry.name.startswith(prefix) and entry.name.endswith(".tmp")) or not entry.is_file(follow_symlinks=False):
+            continue
+        token = entry.name[len(prefix):-len(".tmp")]
+        pid, at, host = token.rpartition("-")[0].partition("@")
+        if at and pid.isdigit():
+            stale = host == _HOST and not _running(int(pid))
+        elif any(c in token for c in ".@-"):  # another target's temporary (NAME.x), or not ours at all
+            continue
+        else:
+            try:
+                stale = time.time() - entry.stat(follow_symlinks=False).st_mtime > LEGACY_STALE_SECONDS
+            except OSError:
+                continue
+        if stale:
+            try:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+            except OSError:
+                pass
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def replace_directory(new: str | os.PathLike, out: str | os.PathLike) -> None:

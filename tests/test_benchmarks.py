@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -90,3 +91,42 @@ def test_transcribe_benchmark_measures_peak_memory_of_fresh_processes():
     rss = json.loads(out.stdout)["peak_rss"]
     assert list(rss) == ["1 s", "1 min", "0.02 h"] and rss["0.02 h"]["audio_seconds"] == 72
     assert all(100 < r["peak_rss_mb"] < 10_000 for r in rss.values())
+
+
+@pytest.mark.timeout(1800)
+def test_scale_benchmark_builds_equal_clients_and_compares_two_sizes(asr_corpus, tmp_path):
+    """benchmarks/scale_clients.py at a tiny size (2 and 4 clients, 2 per round, 3 rounds): its clients manifests
+    give every client 1 or 2 train utterances of the same pool whatever the number of clients, and it reports
+    startup, round and client-call seconds and the server's peak RSS per size, with the ratios."""
+    from fedw2v import manifest as mf
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import scale_clients
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    source = asr_corpus[1]
+    many = mf.read(scale_clients.clients_manifest(source, tmp_path / "c50.parquet", 50))
+    train = many.table.filter(many.table.column("split").to_numpy(zero_copy_only=False) == "train").to_pylist()
+    per_client = {}
+    for row in train:
+        per_client.setdefault(row["client_id"], []).append(row)
+    assert sorted(per_client) == list(range(50)) and {len(v) for v in per_client.values()} == {1, 2}
+    assert len({r["utt_id"] for r in train}) == len(train)  # a reused row gets a new utterance id
+    def segment(r: dict) -> tuple:
+        return r["audio_path"], r["start"], r["end"]
+
+    pool = {segment(r) for r in asr_corpus[0].table.to_pylist() if r["split"] == "train"}
+    assert {segment(r) for r in train} == pool  # 50 clients draw from all 6 train utterances, and only those
+    rest = sorted(r["utt_id"] for r in many.table.to_pylist() if r["split"] != "train")
+    assert rest == sorted(r["utt_id"] for r in asr_corpus[0].table.to_pylist() if r["split"] != "train")
+    out = tmp_path / "scale.json"
+    res = _bench("scale_clients.py", "--manifest", str(source), "--sizes", "2,4", "--per-round", "2", "--rounds", "3",
+                 "--repeat", "1", "--flower-nodes", "--json", str(out), timeout=1700)
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = json.loads(out.read_text())
+    assert set(got["medians"]) == {"2", "4"}
+    for m in got["medians"].values():
+        assert m["startup"] > 0 and m["round"] > 0 and m["client"] > 0 and m["rss"] > 100 * 2**20
+    assert got["medians"]["2"]["round_ratio"] == 1.0 and "round ratio" in res.stdout
+    assert set(got["flower_poll_seconds"]) == {"10", "2000"}

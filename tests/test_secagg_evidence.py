@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 
 import numpy as np
 import pytest
@@ -64,7 +65,8 @@ def test_a_secaggplus_participant_is_a_node_but_fedw2v_runs_several_clients_per_
                             cpus_per_client=1, gpus_per_client=0)
     res = simulate.plan_resources(config, cuda_devices=0, cpus=2)
     assert min(config.clients_per_round, res.parallel_clients) == 2 < config.clients_per_round
-    assert "min(config.clients_per_round, res.parallel_clients)" in inspect.getsource(simulate.simulate)
+    assert re.search(r"num_supernodes=max\(1, min\((self\.)?config\.clients_per_round, res\.parallel_clients\)\)",
+                     inspect.getsource(simulate))
     assert "dst_node_id=nodes[i % len(nodes)]" in inspect.getsource(server_app)
     mod_module = importlib.import_module(MOD)
     assert "ctxt.state.config_records[RECORD_KEY_STATE]" in inspect.getsource(mod_module.secaggplus_mod)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,7 +22,7 @@ from fedw2v import runs
 from fedw2v.errors import InputError, RunFailed
 from fedw2v.fl.client_app import Worker, run_train
 from fedw2v.config.simulate import SimulateConfig
-from fedw2v.fl.server_app import TIMING_KEYS, Server
+from fedw2v.fl.server_app import TIMING_KEYS, Halt, Server
 
 pytestmark = pytest.mark.slow
 
@@ -142,6 +144,26 @@ def test_only_trainable_parameters_travel(fl_clients, tmp_path):
     assert not np.array_equal(first["lm_head.weight"], last["lm_head.weight"])
 
 
+def test_on_a_ray_cluster_workers_build_the_model_without_the_run_directory(fl_clients, tmp_path):
+    """With --ray-address the run directory lives only on the driver: every job carries the round-0 checkpoint's
+    files and the weights that are not trained, and a worker that cannot read the run directory trains exactly
+    as one that can."""
+
+    def elsewhere(content, worker):  # a worker on another machine: the run directory's path means nothing there
+        content["config"]["base-model"] = "/nonexistent/run/checkpoints/round-0000"
+        assert {"base-files", "base-arrays"} <= set(content.keys())
+        return run_train(content, worker)
+
+    grid = FakeGrid(elsewhere)
+    cluster, local = tmp_path / "cluster", tmp_path / "local"
+    Server(grid, _config(fl_clients, cluster, freeze_feature_encoder=True, ray_address="10.0.0.5:6379")).run()
+    Server(FakeGrid(), _config(fl_clients, local, freeze_feature_encoder=True)).run()
+    fits = [e for e in runs.read_metrics(cluster) if e["event"] == "fit"]
+    assert len(fits) == 4 and all(e["error"] is None for e in fits) and grid.worker.builds == 1
+    wa, wb = _weights(cluster, 2), _weights(local, 2)
+    assert wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
+
+
 def test_resume_gives_the_same_weights_and_metrics_as_an_uninterrupted_run(fl_clients, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     Server(FakeGrid(), _config(fl_clients, a, rounds=3)).run()
@@ -250,6 +272,70 @@ def test_a_client_that_never_answers_fails_the_round_after_round_timeout(fl_clie
         aggregate = next(e for e in events if e["round"] == r and e["event"] == "aggregate")
         assert aggregate["clients"] == 2 and str(clients[0]) not in aggregate["weights"]
     assert all(np.isfinite(v).all() for v in _weights(run, 2).values())
+
+
+class MuteGrid(FakeGrid):
+    """Accepts every message and never answers (a backend that died under the round)."""
+
+    def __init__(self):
+        super().__init__()
+        self.pushed = threading.Event()
+
+    def push_messages(self, messages):
+        out = []
+        for m in messages:
+            m.metadata.__dict__["_message_id"] = mid = f"m{next(self.ids)}"
+            out.append(mid)
+        self.pushed.set()
+        return out
+
+    def pull_messages(self, ids):
+        return []
+
+
+def test_a_halt_stops_a_server_waiting_for_replies_that_cannot_come(fl_clients, tmp_path):
+    """Without --round-timeout the server waits for replies forever; `fedw2v simulate` halts it when Ray dies, on
+    Ctrl-C or when Flower's engine ends, and it stops within a moment, its last checkpoint intact."""
+    grid, halt, seen = MuteGrid(), Halt(), {}
+
+    def run():
+        try:
+            Server(grid, _config(fl_clients, tmp_path / "run", rounds=1), halt=halt).run()
+        except RunFailed as exc:
+            seen["error"] = str(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert grid.pushed.wait(600)  # round 1's messages are out
+    time.sleep(0.5)
+    assert thread.is_alive()  # waiting
+    halt.set("interrupted")
+    thread.join(2.0)
+    assert not thread.is_alive() and seen["error"] == "round 1: stopped waiting (interrupted)"
+    assert (tmp_path / "run" / "checkpoints" / "LATEST").read_text().strip() == "round-0000"
+
+
+def test_a_round_failing_because_ray_died_says_so(fl_clients, tmp_path):
+    """Ray's processes killed under a round: every client call fails with an actor error at once. The run stops
+    naming the cause (the backend is down), not the clients."""
+
+    class DeadRayGrid(FakeGrid):
+        def push_messages(self, messages):
+            ids = [f"m{next(self.ids)}" for _ in messages]
+            for m, mid in zip(messages, ids):
+                m.metadata.__dict__["_message_id"] = mid
+                self.replies[mid] = FakeReply(mid, error=SimpleNamespace(
+                    reason="<class 'ray.exceptions.ActorUnavailableError'>:<'The actor is unavailable'>"))
+            return ids
+
+    run = tmp_path / "run"
+    down = "Ray stopped: its GCS at 10.0.0.5:6379 stopped answering"
+    with pytest.raises(RunFailed) as failed:
+        Server(DeadRayGrid(), _config(fl_clients, run, rounds=1), halt=Halt(probe=lambda: down)).run()
+    assert str(failed.value) == (f"{down}; the run stopped at its checkpoint round-0000 (continue it with --resume "
+                                 "once Ray runs again)")
+    with pytest.raises(RunFailed, match="round 1: 0 of 2 clients succeeded"):  # Ray up: the clients' failure
+        Server(DeadRayGrid(), _config(fl_clients, run, rounds=1, resume=True), halt=Halt(probe=lambda: "")).run()
 
 
 def test_a_message_the_superlink_expired_counts_as_a_round_timeout(fl_clients, tmp_path):

@@ -73,7 +73,9 @@ def _run(args: list[str], env: dict, timeout: float = 400) -> subprocess.Complet
 
 
 def _round_events(run_dir: Path) -> list[dict]:
-    return [{k: v for k, v in e.items() if k not in TIMING_KEYS} for e in runs.read_metrics(run_dir) if "round" in e]
+    """metrics.jsonl without timings and Ray node ids (facts of one run's machines, not of its training)."""
+    drop = (*TIMING_KEYS, "ray_node")
+    return [{k: v for k, v in e.items() if k not in drop} for e in runs.read_metrics(run_dir) if "round" in e]
 
 
 def test_sigkill_after_round_2_then_resume_equals_an_uninterrupted_run(fl_clients, tmp_path):

@@ -96,6 +96,10 @@ class SimulateConfig:
                                    "subtract the noise (0: drawn from the operating system).")
     corpus_root: str = option("", "Where the corpus is now, if it moved since `prepare` (default: the manifest's "
                                   "corpus root).", path=True, absolute=True)
+    ray_address: str = option("", "Run on this existing Ray cluster (HOST:PORT of its head; auto: the cluster "
+                                  "RAY_ADDRESS names, else the last `ray start --head` here). Default: a local Ray "
+                                  "of this run's own; a RAY_ADDRESS in the environment is then ignored.",
+                              resumable=True, metavar="ADDRESS")
     allow_outside_audio: bool = allow_outside_audio_option()
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # facts recorded, not compared
 

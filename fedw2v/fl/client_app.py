@@ -6,10 +6,10 @@ The worker builds its model once from the round-0 checkpoint and loads each roun
 reads the manifest once. It trains the client's local train split with `fedw2v.train.local_train`, with as
 many torch threads as the CPU cores Ray gave the client (``--cpus-per-client``, at least one; whatever
 ``OMP_NUM_THREADS`` the process inherited), scores its local dev split (WER) when it has one, and replies with
-its weights, sample count, loss and dev WER (and the threads it used) — or, if anything fails (unreadable
-audio, out of memory, a non-finite loss), with the error text and no weights, so the server leaves it out of
-the round and logs why. With --dp the reply passes Flower's clipping (central) or local-DP mod on its way out
-(`privacy.dp_client.privacy_mod`).
+its weights, sample count, loss and dev WER (and the threads it used and the Ray node it ran on, for
+metrics.jsonl) — or, if anything fails (unreadable audio, out of memory, a non-finite loss), with the error text
+and no weights, so the server leaves it out of the round and logs why. With --dp the reply passes Flower's
+clipping (central) or local-DP mod on its way out (`privacy.dp_client.privacy_mod`).
 """
 
 from __future__ import annotations
@@ -84,12 +84,18 @@ class Worker:
         cpus = ray_worker_cpus()
         return set_cpu_threads(cpus) if cpus else torch.get_num_threads()
 
-    def model(self, base: str) -> Any:
+    def model(self, base: str, shipped: Any = None, trained: dict | None = None) -> Any:
+        """The model of the run whose round-0 checkpoint is `base`, built once. With `shipped` (the checkpoint's
+        files and untrained weights, sent on a Ray cluster) it is built from those and the `trained` weights of
+        the job, and `base` only names it: the run directory may live on another machine."""
         if self._model is None or self._model[0] != base:
             from fedw2v.model import load_model
 
             self._model = None  # free the old one first
-            self._model = (base, load_model(base))
+            if shipped is None:
+                self._model = (base, load_model(base))
+            else:
+                self._model = (base, _load_shipped(*shipped, trained or {}))
             self.builds += 1
         return self._model[1]
 
@@ -107,6 +113,30 @@ class Worker:
 
 
 WORKER = Worker()
+
+
+def _load_shipped(files: Any, frozen: Any, trained: dict) -> Any:
+    """A model directory rebuilt in a private temporary directory from shipped records, loaded like any other
+    (`load_model`: safetensors only), then deleted."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from fedw2v.model import load_model
+
+    tmp = Path(tempfile.mkdtemp(prefix="fedw2v-base-"))
+    try:
+        for name, data in dict(files).items():
+            (tmp / Path(name).name).write_bytes(bytes(data))
+        weights = {**arrays_from_record(frozen), **trained}
+        save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(tmp / "model.safetensors"),
+                  metadata={"format": "pt"})
+        return load_model(str(tmp))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def ray_worker_cpus() -> float | None:
@@ -130,13 +160,14 @@ def run_train(content: RecordDict, worker: Worker = WORKER) -> RecordDict:
     client_id = int(config["client-id"])
     try:
         job = TrainJob.from_record(config)
+        shipped = (content["base-files"], content["base-arrays"]) if "base-files" in content else None
         threads = worker.set_threads()
-        metrics, arrays = _train(job, arrays_from_record(content["arrays"]), worker)
+        metrics, arrays = _train(job, arrays_from_record(content["arrays"]), worker, shipped)
         reply = RecordDict({
             "arrays": record_from_arrays(arrays),
             "metrics": MetricRecord({**metrics, "seconds": time.perf_counter() - t0}),
             "status": ConfigRecord({"client-id": client_id, "error": "", "builds": worker.builds,
-                                    "threads": threads}),
+                                    "threads": threads, "node": ray_node()}),
         })
     except BaseException as exc:  # noqa: BLE001 -- reported to the server, which leaves the client out
         if isinstance(exc, KeyboardInterrupt):
@@ -145,21 +176,21 @@ def run_train(content: RecordDict, worker: Worker = WORKER) -> RecordDict:
         reply = RecordDict({
             "metrics": MetricRecord({"seconds": time.perf_counter() - t0}),
             "status": ConfigRecord({
-                "client-id": client_id, "error": _one_line(exc), "builds": worker.builds,
+                "client-id": client_id, "error": _one_line(exc), "builds": worker.builds, "node": ray_node(),
                 "traceback": "".join(traceback.format_exception(exc))[-4000:],
             }),
         })
     return reply
 
 
-def _train(job: TrainJob, global_arrays: dict, worker: Worker) -> tuple[dict, dict]:
+def _train(job: TrainJob, global_arrays: dict, worker: Worker, shipped: Any = None) -> tuple[dict, dict]:
     from fedw2v.decode import Decoder
     from fedw2v.weights import load_arrays, non_finite, trainable_arrays
     from fedw2v.metrics import score
     from fedw2v.config.train import TrainConfig
     from fedw2v.train import local_train, set_feature_encoder_frozen
 
-    lm = worker.model(job.base_model)
+    lm = worker.model(job.base_model, shipped, global_arrays)
     train_config = replace(TrainConfig(**job.train_config), seed=client_seed(job.seed, job.round, job.client_id))
     set_feature_encoder_frozen(lm.model, train_config.freeze_feature_encoder)
     expected = set(trainable_arrays_names(lm.model))
@@ -195,6 +226,17 @@ def _train(job: TrainJob, global_arrays: dict, worker: Worker) -> tuple[dict, di
         metrics["dev-wer"] = score([u.text for u in dev], hyps).wer
         metrics["dev-utterances"] = len(dev)
     return metrics, arrays
+
+
+def ray_node() -> str:
+    """The id of the Ray node this worker runs on ('' outside Ray: the Deployment Engine, in-process tests)."""
+    import sys
+
+    ray = sys.modules.get("ray")  # never imported (nor a Ray started) just to ask
+    try:
+        return ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else ""
+    except Exception:  # noqa: BLE001 -- a fact for the log, never a reason to fail the client
+        return ""
 
 
 def trainable_arrays_names(model: Any) -> list[str]:

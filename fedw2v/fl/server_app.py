@@ -16,6 +16,7 @@ interrupted and resumed run logs exactly what an uninterrupted one does, timings
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -82,15 +83,40 @@ def check_run_dir(config: SimulateConfig) -> None:
     runs.write_json_atomic(recorded, config.to_dict())
 
 
+class Halt:
+    """Stops a running `Server` from another thread: set it (with the reason) and the server raises `RunFailed` at
+    its next wait for replies or nodes (within 0.05 s). `fedw2v simulate` sets it when Ray dies, on Ctrl-C and
+    when Flower's engine ends, so the server thread never waits for replies that cannot come. `probe` (optional)
+    says at once whether the backend is down ('' when it answers)."""
+
+    def __init__(self, probe: Callable[[], str] | None = None) -> None:
+        self._event = threading.Event()
+        self.reason = ""
+        self.probe = probe
+
+    def backend_down(self) -> str:
+        return self.probe() if self.probe is not None else ""
+
+    def set(self, reason: str) -> None:
+        if not self._event.is_set():
+            self.reason = reason
+            self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+
 class Server:
     """One federated run on one Grid; `run()` goes from the current state to `config.rounds`."""
 
-    def __init__(self, grid: Grid, config: SimulateConfig, reporter: Reporter | None = None):
+    def __init__(self, grid: Grid, config: SimulateConfig, reporter: Reporter | None = None,
+                 halt: Halt | None = None):
         from fedw2v import manifest as mf
         from fedw2v import runs
 
         self.grid = grid
         self.config = config
+        self.halt = halt
         self.report = reporter or (lambda event: None)
         self.run_dir = Path(config.run_dir)
         self.log = runs.MetricsLog(self.run_dir)
@@ -104,6 +130,9 @@ class Server:
         self._job_manifest = str(Path(config.clients_manifest).resolve())  # what every TrainJob names
         self._job_train_config = self.train_config.to_dict()
         self.base_model = str(self.run_dir / "checkpoints" / runs.checkpoint_name(0))
+        # on a Ray cluster the workers cannot see the run directory: the round-0 model travels with every job
+        self.ships_base = bool(config.ray_address)
+        self._base: dict[str, Any] | None = None
         self.footprints = OnlineFootprints(config, self.manifest, self.base_model)  # --footprint-rounds
         self.dp = DpServer(config, len(self.client_ids))  # --dp
 
@@ -172,13 +201,7 @@ class Server:
         if stored is not None:
             self._emit({"event": "footprints", "round": r, **stored})
         if len(ok) < self.config.required_successes:
-            first = next((f"client {c}: {res['error']}" for c, res in sorted(results.items()) if res["error"]), "")
-            self._emit({"event": "round_failed", "round": r, "succeeded": len(ok), "failed": len(results) - len(ok)})
-            raise RunFailed(
-                f"round {r}: {len(ok)} of {len(clients)} clients succeeded, {self.config.required_successes} needed "
-                f"(--min-fit-clients); the run stopped at checkpoint round {state.round} ({first})",
-                hint="fix the failing clients, then continue with --resume",
-            )
+            self._round_failed(r, results, state)
         ta = time.perf_counter()
         stats = [ClientStats(cid, int(res["metrics"]["samples"]), res["metrics"].get("loss"),
                              _percent(res["metrics"].get("dev_wer"))) for cid, res in sorted(ok.items())]
@@ -205,14 +228,17 @@ class Server:
         from fedw2v.fl.records import arrays_from_record, record_from_arrays
         from fedw2v.weights import non_finite, trainable_arrays
 
-        record = record_from_arrays(trainable_arrays(lm.model))
+        arrays = trainable_arrays(lm.model)
+        record = record_from_arrays(arrays)
+        base = self._base_records(set(arrays)) if self.ships_base else {}
         nodes = self._nodes()
         timeout = self.config.round_timeout or None
         messages = []
         for i, cid in enumerate(clients):
             job = TrainJob(cid, r, self._job_manifest, self.config.corpus_root, self.base_model,
                            self._job_train_config, self.config.seed, self.config.allow_outside_audio)
-            messages.append(Message(RecordDict({"arrays": record, "config": self.dp.job_config(job.to_record())}),
+            messages.append(Message(RecordDict({"arrays": record, "config": self.dp.job_config(job.to_record()),
+                                                **base}),
                                     dst_node_id=nodes[i % len(nodes)], message_type=MessageType.TRAIN,
                                     group_id=str(r), ttl=timeout))
         ids = set(self.grid.push_messages(messages))
@@ -245,8 +271,49 @@ class Server:
                                  "done": len(results), "of": len(clients)})
                 pending.clear()
             if pending:
+                self._check_halt(f"round {r}")
                 time.sleep(0.05)
         return results
+
+    def _round_failed(self, r: int, results: dict[int, dict], state: RunState) -> None:
+        """Too few clients succeeded: stop the run (its last checkpoint is intact). When the backend is down right
+        now, that is why (Ray died under the round: every client failed with an actor error), and that is said."""
+        from fedw2v import runs
+
+        ok = sum(1 for res in results.values() if res["error"] is None)
+        self._emit({"event": "round_failed", "round": r, "succeeded": ok, "failed": len(results) - ok})
+        down = self.halt.backend_down() if self.halt is not None else ""
+        if down:
+            raise RunFailed(f"{down}; the run stopped at its checkpoint {runs.checkpoint_name(state.round)}",
+                            hint="continue it with --resume once Ray runs again")
+        first = next((f"client {c}: {res['error']}" for c, res in sorted(results.items()) if res["error"]), "")
+        raise RunFailed(
+            f"round {r}: {ok} of {len(results)} clients succeeded, {self.config.required_successes} needed "
+            f"(--min-fit-clients); the run stopped at checkpoint round {state.round} ({first})",
+            hint="fix the failing clients, then continue with --resume",
+        )
+
+    def _check_halt(self, where: str) -> None:
+        if self.halt is not None and self.halt.is_set():
+            raise RunFailed(f"{where}: stopped waiting ({self.halt.reason})")
+
+    def _base_records(self, trainable: set[str]) -> dict[str, Any]:
+        """What a worker that cannot read the run directory builds its model from (`client_app.Worker`): the
+        round-0 checkpoint's files except its weights, and the weights that are not trained (the frozen feature
+        encoder: they never change); the trained ones come with every job anyway. Read once."""
+        if self._base is None:
+            from flwr.app import ConfigRecord
+            from safetensors.numpy import load_file
+
+            from fedw2v.fl.records import record_from_arrays
+
+            base = Path(self.base_model)
+            files = {p.name: p.read_bytes() for p in sorted(base.iterdir())
+                     if p.is_file() and not p.name.startswith("model.safetensors") and p.name != "state.json"}
+            frozen = {k: v for f in sorted(base.glob("*.safetensors")) for k, v in load_file(str(f)).items()
+                      if k not in trainable}
+            self._base = {"base-files": ConfigRecord(files), "base-arrays": record_from_arrays(frozen)}
+        return self._base
 
     @staticmethod
     def _result(reply: Message, arrays_from_record: Any, non_finite: Any, timeout: float | None = None) -> dict:
@@ -260,6 +327,8 @@ class Server:
         status = content["status"]
         metrics = {k.replace("-", "_"): v for k, v in dict(content["metrics"]).items()}
         metrics["worker_builds"] = int(status["builds"])
+        if status.get("node"):  # the Ray node that ran the client (simulation)
+            metrics["ray_node"] = str(status["node"])
         if "threads" in status:
             metrics["worker_threads"] = int(status["threads"])  # torch threads it trained with
         if status["error"]:
@@ -278,6 +347,7 @@ class Server:
                 return nodes
             if time.monotonic() > deadline:
                 raise RunFailed("no Flower SuperNode connected within 120 s")
+            self._check_halt("waiting for SuperNodes")
             time.sleep(0.2)
 
     # ---------------------------------------------------------------- evaluation, checkpoints, logging
@@ -347,7 +417,8 @@ class Outcome:
     error: BaseException | None = None
 
 
-def make_server_app(reporter: Reporter | None = None, outcome: Outcome | None = None) -> ServerApp:
+def make_server_app(reporter: Reporter | None = None, outcome: Outcome | None = None,
+                    halt: Halt | None = None) -> ServerApp:
     """A ServerApp running `Server` with the run config of its context (fedw2v simulate or `flwr run`)."""
     app = ServerApp()
 
@@ -355,7 +426,7 @@ def make_server_app(reporter: Reporter | None = None, outcome: Outcome | None = 
     def main(grid: Grid, context: Context) -> None:
         try:
             config = SimulateConfig.from_run_config(dict(context.run_config))
-            state = Server(grid, config, reporter).run()
+            state = Server(grid, config, reporter, halt).run()
             if outcome is not None:
                 outcome.state = state
         except BaseException as exc:  # noqa: BLE001 -- handed to the caller, which reports it in one line

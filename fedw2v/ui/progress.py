@@ -73,7 +73,11 @@ class RunDisplay:
     def __call__(self, event: dict) -> None:
         with self._lock:
             kind = event.get("event")
-            if kind == "resume":
+            if kind == "warning":
+                from fedw2v.ui.console import err_console
+
+                err_console.print(f"warning: {event['message']}", markup=False, soft_wrap=True)
+            elif kind == "resume":
                 self.round = event["from_round"]
                 self.console.print(f"resuming after round {self.round}")
             elif kind == "round_start":
