@@ -104,3 +104,31 @@ def eer_per_layer(
     ax.set_title(title or "footprint attack: EER per layer (lower = more identity leaks)")
     fig.tight_layout()
     return _save_atomic(fig, path)
+
+
+def privacy_utility(points: Sequence[dict], path: str | os.PathLike, title: str = "") -> Path:
+    """The privacy-utility sweep: lowest pooled footprint EER (with its interval) against test CER, one point per
+    setting, coloured by defence and labelled with its ε. Keys of a point: mode, label, cer, eer, eer_ci."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    colours = {"off": "#222222", "central": "#4477aa", "local": "#cc3311"}
+    fig = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    seen = set()
+    for p in points:
+        lo, hi = p["eer_ci"]
+        mode = p["mode"]
+        ax.errorbar([p["cer"]], [p["eer"]], yerr=[[p["eer"] - lo], [hi - p["eer"]]], fmt="o", capsize=3,
+                    color=colours.get(mode, "#888888"), label=None if mode in seen else f"--dp {mode}")
+        seen.add(mode)
+        ax.annotate(p["label"], (p["cer"], p["eer"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.axhline(50, color="#888888", linestyle=":", linewidth=1, label="chance (50%)")
+    ax.set_xlabel("test CER % of the final global model (higher = worse model)")
+    ax.set_ylabel("lowest pooled footprint EER % (higher = more private)")
+    ax.set_ylim(0, max([60.0] + [p["eer_ci"][1] + 5 for p in points]))  # every interval whole
+    ax.legend(frameon=False, fontsize=8, loc="lower right")
+    ax.set_title(title or "privacy-utility sweep")
+    fig.tight_layout()
+    return _save_atomic(fig, path)

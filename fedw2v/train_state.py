@@ -98,7 +98,11 @@ def numpy_state() -> dict[str, Any]:
     """numpy's global generator state as JSON-able data."""
     import numpy as np
 
-    state = np.random.get_state(legacy=False)
+    return json_numpy_state(np.random.get_state(legacy=False))
+
+
+def json_numpy_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A numpy generator state (``get_state(legacy=False)``) as JSON-able data."""
     return {**state, "state": {k: v.tolist() if hasattr(v, "tolist") else v for k, v in state["state"].items()}}
 
 

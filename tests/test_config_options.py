@@ -134,8 +134,8 @@ def test_an_unset_option_takes_the_recipes_value_in_every_form():
 
 
 def test_resumable_keys_are_declared_once():
-    assert opts.resumable(SimulateConfig) == ("rounds", "round_timeout", "keep_checkpoints", "resume", "ray_address",
-                                              "allow_outside_audio")
+    assert opts.resumable(SimulateConfig) == ("rounds", "round_timeout", "keep_checkpoints", "resume",
+                                              "dp_max_epsilon", "ray_address", "allow_outside_audio")
     a = SimulateConfig(clients_manifest="c", run_dir="r")
     b = dataclasses.replace(a, rounds=7, round_timeout=3.0, keep_checkpoints=9, resume=True, ray_address="h:6379")
     assert a.differences(b.to_dict()) == []

@@ -64,13 +64,18 @@ def test_privacy_never_imports_fl():
         assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
 
 
-def test_fl_calls_only_the_online_hook_of_privacy():
+HOOKS = {"fedw2v.privacy.online", "fedw2v.privacy.online.OnlineFootprints",  # the server's footprint hook
+         "fedw2v.privacy.dp", "fedw2v.privacy.dp.DpServer",  # the server's DP hook
+         "fedw2v.privacy.dp_client", "fedw2v.privacy.dp_client.privacy_mod"}  # the ClientApp's DP mod
+
+
+def test_fl_calls_only_the_hooks_of_privacy():
     used = set()
     for path in _modules("fl"):
         mods = {m for m in _imports(path) if m.startswith("fedw2v.privacy")}
-        assert mods <= {"fedw2v.privacy.online", "fedw2v.privacy.online.OnlineFootprints"}, (path.name, mods)
+        assert mods <= HOOKS, (path.name, mods)
         used |= mods
-    assert "fedw2v.privacy.online" in used  # the server does call it
+    assert used == HOOKS  # the server and the client do call them
     assert not (PACKAGE / "footprint.py").exists()  # the old module is gone, no shim left
 
 

@@ -177,3 +177,40 @@ def test_too_few_successes_is_a_one_line_failure_with_exit_code_1(fl_clients, tm
     assert last.startswith("error: round 1: 0 of 2 clients succeeded, 1 needed"), last
     assert "cannot read audio" in last and "Traceback" not in out.stdout
     assert (run / "checkpoints" / "LATEST").read_text().strip() == "round-0000"
+
+
+def test_a_dp_run_killed_and_resumed_ends_with_the_same_weights_and_epsilon(fl_clients, tmp_path):
+    """--dp central on real Ray workers (Flower's fixedclipping_mod runs in the ClientApp): SIGKILL after round 1,
+    --resume, and the weights and every ε equal an uninterrupted run's (the server's noise generator and the
+    accountant come back from state.json; --dp-noise-seed makes the uninterrupted run's noise repeatable)."""
+    import json
+
+    env = _env(tmp_path)
+    dp = ["--rounds", "2", "--dp", "central", "--dp-noise-multiplier", "0.8", "--dp-clip", "0.01",
+          "--dp-noise-seed", "4"]
+    a, b = tmp_path / "runs" / "a", tmp_path / "runs" / "b"
+    done = _run(_args(fl_clients, a, *dp), env)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "ε" in done.stdout and "(--dp central, z 0.8, C 0.01)" in " ".join(done.stdout.split())
+
+    proc = subprocess.Popen(_args(fl_clients, b, *dp), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    latest = b / "checkpoints" / "LATEST"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if latest.is_file() and latest.read_text().strip() == "round-0001":
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed after round 1"
+    resumed = _run(_args(fl_clients, b, *dp, "--resume"), env)
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    wa = load_file(str(a / "checkpoints" / "round-0002" / "model.safetensors"))
+    wb = load_file(str(b / "checkpoints" / "round-0002" / "model.safetensors"))
+    assert all(np.array_equal(wa[k], wb[k]) for k in wa)
+    ea, eb = _round_events(a), _round_events(b)
+    assert ea == eb
+    eps = [e["epsilon"] for e in eb if e["event"] == "privacy"]
+    assert len(eps) == 2 and 0 < eps[0] < eps[1]
+    assert json.loads((b / "config.json").read_text())["extra"]["privacy"]["epsilon"] == eps[1]

@@ -22,8 +22,10 @@ from fedw2v.config.train import DEFAULT_MODEL, MODEL_HELP, PRECISIONS, RECIPES, 
 from fedw2v.errors import InputError
 from fedw2v.manifest import allow_outside_audio_option
 
-WEIGHTINGS = ("num", "loss", "wer")
+WEIGHTINGS = ("num", "loss", "wer", "uniform")
 EVAL_SPLITS = ("test", "dev")
+DP_MODES = ("off", "central", "local")
+DP_ACCOUNTING = ("none", "sampled")
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,9 @@ class SimulateConfig:
     freeze_feature_encoder: bool | None = train_option("freeze_feature_encoder")
     precision: str | None = train_option("precision")
     gradient_checkpointing: bool | None = train_option("gradient_checkpointing")
-    weighting: str = option("num", "Aggregation weights: num (samples, FedAvg) | loss (exp(-loss)) | wer "
-                                   "(exp(100 - WER%)).", choices=WEIGHTINGS)
+    weighting: str = option("", "Aggregation weights: num (samples, FedAvg) | loss (exp(-loss)) | wer "
+                                "(exp(100 - WER%)) | uniform (1/n; the only one --dp accepts).", choices=WEIGHTINGS,
+                            shown_default="num (uniform with --dp)")
     eval_every: int = option(1, "Server evaluation of the global model every N rounds (also at round 0 and the "
                                 "last round).")
     eval_split: str = option("test", "Corpus split the server scores, whole (no length filter).",
@@ -80,6 +83,23 @@ class SimulateConfig:
     indicator_utterances: int = option(64, "Indicator utterances used (the first N by utt_id: a fixed set).")
     save_updates: bool = option(False, "Also store every footprint round's full client updates (safetensors).",
                                 flags="--save-updates")
+    dp: str = option("off", "Differential privacy of the client updates: off | central (each client clips its update "
+                     "to --dp-clip; the server adds Gaussian noise to their average: protects the released model, not "
+                     "the exchanged updates) | local (each client clips and noises its own update before sending it).",
+                     choices=DP_MODES)
+    dp_noise_multiplier: float = option(1.0, "Noise multiplier z: noise std z·C/n on the average of n sampled clients "
+                                             "(central), z·C on each client's update (local).")
+    dp_clip: float = option(1.0, "Clipping norm C: each client's update (trained minus global weights) is scaled to L2 "
+                                 "norm at most C (inf: no clipping, with z = 0 only).")
+    dp_delta: float = option(1e-5, "δ at which ε is reported and budgeted.")
+    dp_max_epsilon: float = option(0.0, "Privacy budget: the run stops before a round would raise ε above it (0: no "
+                                        "limit).", resumable=True)
+    dp_accounting: str = option("none", "Sampling amplification the accountant assumes (central DP): none (as "
+                                        "Flower's DP strategies; ε does not depend on the population) | sampled "
+                                        "(uniform sampling of --clients-per-round of all clients without "
+                                        "replacement, replace-one neighbours).", choices=DP_ACCOUNTING)
+    dp_noise_seed: int = option(0, "Seed of the DP noise, for reproducible experiments only: whoever knows it can "
+                                   "subtract the noise (0: drawn from the operating system).")
     corpus_root: str = option("", "Where the corpus is now, if it moved since `prepare` (default: the manifest's "
                                   "corpus root).", path=True, absolute=True)
     ray_address: str = option("", "Run on this existing Ray cluster (HOST:PORT of its head; auto: the cluster "
@@ -98,6 +118,8 @@ class SimulateConfig:
             if opt.recipe and getattr(self, f.name) is None:
                 object.__setattr__(self, f.name, getattr(base, opt.recipe))
         object.__setattr__(self, "footprint_rounds", tuple(self.footprint_rounds))
+        if not self.weighting:  # unset: FedAvg's sample counts, or the equal weights DP needs
+            object.__setattr__(self, "weighting", "num" if self.dp == "off" else "uniform")
         checks = [
             (opts.finite(self.lr_encoder, self.lr_head, self.gpus_per_client, self.cpus_per_client, self.round_timeout),
              "learning rates, GPU and CPU shares and the round timeout must be finite"),
@@ -126,9 +148,39 @@ class SimulateConfig:
             (bool(self.clients_manifest or self.indicator_manifest or not self.footprint_rounds),
              "footprint rounds with the data on the SuperNodes need an indicator manifest (the server's own)"),
         ]
-        for ok, rule in checks:
+        for ok, rule in checks + self._dp_checks():
             if not ok:
                 raise ValueError(rule)
+
+    def _dp_checks(self) -> list[tuple[bool, str]]:
+        """The --dp-* rules (each broken one is a one-line usage error)."""
+        z, clip, dp = self.dp_noise_multiplier, self.dp_clip, self.dp
+        given = [name for name, value, default in (
+            ("--dp-noise-multiplier", z, 1.0), ("--dp-clip", clip, 1.0), ("--dp-delta", self.dp_delta, 1e-5),
+            ("--dp-max-epsilon", self.dp_max_epsilon, 0.0), ("--dp-accounting", self.dp_accounting, "none"),
+            ("--dp-noise-seed", self.dp_noise_seed, 0)) if value != default]
+        return [
+            (dp in DP_MODES, f"--dp must be one of {', '.join(DP_MODES)}"),
+            (dp != "off" or not given,
+             f"{', '.join(given)} appl{'y' if len(given) > 1 else 'ies'} only with --dp central or --dp local"),
+            (opts.finite(z) and z >= 0, "--dp-noise-multiplier must be a finite number >= 0"),
+            (clip > 0, "--dp-clip must be positive (inf: no clipping)"),
+            (opts.finite(clip) or z == 0, "--dp-clip inf needs --dp-noise-multiplier 0 (the noise std z·C would be "
+                                          "infinite)"),
+            (opts.finite(self.dp_delta) and 0 < self.dp_delta < 1, "--dp-delta must lie strictly between 0 and 1"),
+            (opts.finite(self.dp_max_epsilon) and self.dp_max_epsilon >= 0,
+             "--dp-max-epsilon must be a finite number >= 0 (0: no limit)"),
+            (self.dp_max_epsilon == 0 or z > 0, "--dp-max-epsilon needs --dp-noise-multiplier above 0 (with z = 0, ε "
+                                                "is infinite)"),
+            (self.dp_noise_seed >= 0, "--dp-noise-seed must be >= 0 (0: drawn from the operating system)"),
+            (self.dp_accounting in DP_ACCOUNTING, f"--dp-accounting must be one of {', '.join(DP_ACCOUNTING)}"),
+            (self.dp_accounting == "none" or dp == "central",
+             "--dp-accounting sampled applies to --dp central only (under local DP the server sees who sent: "
+             "sampling hides nothing)"),
+            (dp == "off" or self.weighting == "uniform",
+             f"--dp {dp} needs --weighting uniform, not {self.weighting}: Flower's privacy accountant assumes equal "
+             "client weights (a larger weight lets one client move the average by more than C/n)"),
+        ]
 
     @property
     def nodes_hold_data(self) -> bool:

@@ -2,7 +2,7 @@
 
 - Weights (`client_weights`) are computed in log space and normalised with log-sum-exp, so they are always
   finite, positive and sum to 1: `num` (samples, FedAvg), `loss` (exp(-train loss)), `wer` (exp(100 - WER%),
-  the public baseline's formula, which overflowed there). A degenerate case (NaN, infinite, missing metric,
+  the public baseline's formula, which overflowed there), `uniform` (1/n: what differential privacy needs). A degenerate case (NaN, infinite, missing metric,
   no samples at all) is an `AggregationError` naming the clients.
 - `weighted_average` sums the updates into one accumulator per tensor in a fixed order (by client id), so the
   result does not depend on the order in which updates arrived. Extra memory: one model (the accumulator) plus
@@ -18,7 +18,7 @@ from typing import Any
 
 from fedw2v.errors import AggregationError
 
-WEIGHTINGS = ("num", "loss", "wer")
+WEIGHTINGS = ("num", "loss", "wer", "uniform")
 CHUNK = 1 << 16  # elements summed at a time (256 KiB of float32: stays in cache)
 
 
@@ -46,6 +46,8 @@ def client_weights(stats: Sequence[ClientStats], weighting: str = "num") -> dict
         if sum(s.num_samples for s in stats) == 0:
             raise AggregationError(f"all weights are zero: no samples from clients {_names(ids)}")
         logs = {s.client_id: math.log(s.num_samples) if s.num_samples else -math.inf for s in stats}
+    elif weighting == "uniform":
+        logs = {cid: 0.0 for cid in ids}
     else:
         metric = {s.client_id: (s.loss if weighting == "loss" else s.wer) for s in stats}
         bad = [cid for cid, v in metric.items() if v is None or not math.isfinite(v)]

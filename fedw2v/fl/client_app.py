@@ -11,7 +11,8 @@ many torch threads as the CPU cores Ray gave the client (``--cpus-per-client``, 
 ``OMP_NUM_THREADS`` the process inherited), scores its local dev split (WER) when it has one, and replies with
 its weights, sample count, loss and dev WER (and the threads it used and the Ray node it ran on, for
 metrics.jsonl) — or, if anything fails (unreadable audio, out of memory, a non-finite loss), with the error text
-and no weights, so the server leaves it out of the round and logs why.
+and no weights, so the server leaves it out of the round and logs why. With --dp the reply passes Flower's
+clipping (central) or local-DP mod on its way out (`privacy.dp_client.privacy_mod`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedw2v.fl.records import arrays_from_record, record_from_arrays
+from fedw2v.privacy.dp_client import privacy_mod
 
 
 def client_seed(seed: int, round_: int, client_id: int) -> int:
@@ -279,7 +281,7 @@ def _free_cuda() -> None:
 app = ClientApp()
 
 
-@app.train()
+@app.train(mods=[privacy_mod])  # --dp: Flower's fixedclipping_mod / LocalDpMod on the reply (privacy.dp_client)
 def train(msg: Message, context: Context) -> Message:
     return Message(run_train(msg.content, node_config=context.node_config), reply_to=msg)
 

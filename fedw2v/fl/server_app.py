@@ -7,9 +7,11 @@ them); leave out failed clients (their error is logged); stop with `RunFailed` w
 order (`fl.aggregate.weighted_average`); evaluate the global model on the whole eval split every
 `eval_every` rounds; write the checkpoint (HF model dir + state.json), then replace checkpoints/LATEST, prune,
 plot and log. Under the Deployment Engine with the data on the SuperNodes (no clients manifest) the nodes are
-the clients: sampling, message payload and federated evaluation are `fl.nodes`'s.
-In a footprint round the privacy hook (`privacy.online.OnlineFootprints`) sees the global model
-before the clients train and their successful updates after, and stores the updates' footprints. metrics.jsonl events of a round are written in a fixed order (fit results by client id), so an
+the clients: sampling, message payload and federated evaluation are `fl.nodes`'s. In a footprint round the
+privacy hook (`privacy.online.OnlineFootprints`) sees the global model before the clients train and their successful updates after, and stores the updates' footprints. With --dp the
+DP hook (`privacy.dp.DpServer`) adds its keys to the training messages, stops before a round would exceed the
+privacy budget, clips and noises around the average and keeps its state (accountant, noise generator) in
+state.json. metrics.jsonl events of a round are written in a fixed order (fit results by client id), so an
 interrupted and resumed run logs exactly what an uninterrupted one does, timings aside.
 """
 
@@ -28,6 +30,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedw2v.errors import InputError, RunFailed
 from fedw2v.config.simulate import SimulateConfig
 from fedw2v.fl.nodes import NodeFederation
+from fedw2v.privacy.dp import DpServer
 from fedw2v.privacy.online import OnlineFootprints
 
 Reporter = Callable[[dict], None]
@@ -44,15 +47,16 @@ class RunState:
     best_round: int | None = None
     best_wer: float | None = None
     seed: int = 0
+    privacy: dict = field(default_factory=dict)  # --dp: `DpServer.state_dict()`
 
     def to_dict(self) -> dict[str, Any]:
         return {"round": self.round, "sampler": self.sampler, "history": self.history,
-                "best_round": self.best_round, "best_wer": self.best_wer, "seed": self.seed}
+                "best_round": self.best_round, "best_wer": self.best_wer, "seed": self.seed, "privacy": self.privacy}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunState:
         return cls(int(data["round"]), data["sampler"], list(data.get("history", [])), data.get("best_round"),
-                   data.get("best_wer"), int(data.get("seed", 0)))
+                   data.get("best_wer"), int(data.get("seed", 0)), dict(data.get("privacy") or {}))
 
 
 def check_run_dir(config: SimulateConfig) -> None:
@@ -141,6 +145,7 @@ class Server:
         self._base: dict[str, Any] | None = None
         self.footprints = OnlineFootprints(config, self.manifest or self.eval_manifest,
                                            self.base_model)  # --footprint-rounds
+        self.dp = DpServer(config, len(self.client_ids))  # --dp
 
     # ---------------------------------------------------------------- the run
 
@@ -186,15 +191,18 @@ class Server:
         sampler.state = state.sampler
         dropped = self.log.truncate_after(state.round)
         lm = load_model(str(latest))
+        self.dp.load_state_dict(state.privacy)
+        self.dp.record(self.run_dir)
         self.report({"event": "resume", "from_round": state.round, "dropped_events": dropped})
         return state, lm
 
     def _round(self, r: int, sampler: Any, state: RunState, lm: Any) -> None:
         from fedw2v.fl.aggregate import ClientStats, client_weights, weighted_average
-        from fedw2v.weights import load_arrays
+        from fedw2v.weights import load_arrays, trainable_arrays
 
         t0 = time.perf_counter()
         clients = sampler.sample()
+        self.dp.check_budget(r, clients, state.round)
         state.sampler = sampler.state
         self._emit({"event": "round_start", "round": r,
                     **(self.nodes.sampled(clients) if self.nodes is not None else {"clients": clients})})
@@ -217,13 +225,18 @@ class Server:
         stats = [ClientStats(cid, int(res["metrics"]["samples"]), res["metrics"].get("loss"),
                              _percent(res["metrics"].get("dev_wer"))) for cid, res in sorted(ok.items())]
         weights = client_weights(stats, self.config.weighting)
-        averaged = weighted_average({cid: res["arrays"] for cid, res in ok.items()}, weights)
-        del results, ok
+        inputs, mix = self.dp.prepare(r, trainable_arrays(lm.model), {cid: res["arrays"] for cid, res in ok.items()},
+                                      weights, len(clients))
+        averaged = weighted_average(inputs, mix)
+        del results, ok, inputs
+        privacy = self.dp.release(r, averaged)
         load_arrays(lm.model, averaged)
         del averaged
         self._emit({"event": "aggregate", "round": r, "weighting": self.config.weighting,
                     "weights": {str(c): w for c, w in sorted(weights.items())}, "clients": len(weights),
                     "seconds": time.perf_counter() - ta})
+        if privacy is not None:
+            self._emit({"event": "privacy", "round": r, **privacy})
         if r % self.config.eval_every == 0 or r == self.config.rounds:
             self._evaluate(r, state, lm)
         self._checkpoint(r, state, lm, t0)
@@ -246,7 +259,8 @@ class Server:
             job = TrainJob(-1, r, "", "", "", self._job_train_config, self.config.seed) if on_nodes else TrainJob(
                 cid, r, self._job_manifest, self.config.corpus_root, self.base_model, self._job_train_config,
                 self.config.seed, self.config.allow_outside_audio)
-            messages.append(Message(RecordDict({"arrays": record, "config": job.to_record(), **base, **extra}),
+            messages.append(Message(RecordDict({"arrays": record, "config": self.dp.job_config(job.to_record()),
+                                                **base, **extra}),
                                     dst_node_id=cid if on_nodes else nodes[i % len(nodes)],
                                     message_type=MessageType.TRAIN, group_id=str(r), ttl=timeout))
         ids = set(self.grid.push_messages(messages))
@@ -395,6 +409,7 @@ class Server:
         from fedw2v.model import save_model
 
         state.round = r
+        state.privacy = self.dp.state_dict()
         name = runs.checkpoint_name(r)
         save_model(lm.model, lm.processor, self.run_dir / "checkpoints" / name,
                    extra_json={runs.STATE: state.to_dict()})
@@ -403,6 +418,7 @@ class Server:
             plots.wer_per_round([e["round"] for e in h], [e["wer"] for e in h], self.run_dir / "plots" / "wer.png",
                                 cer=[e["cer"] for e in h], title=f"{Path(self.config.run_dir).name}: global model, "
                                 f"{self.config.eval_split} split")
+        self.dp.record(self.run_dir)  # ε in config.json
         # The round's last event is logged before LATEST moves: a crash in between redoes the whole round (its
         # events are dropped on resume); a crash after it leaves a complete round.
         self._emit({"event": "round_end", "round": r, "checkpoint": name, "best_round": state.best_round,

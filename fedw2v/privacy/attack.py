@@ -71,6 +71,7 @@ class FootprintReport:
     bootstrap: int
     confidence: float
     seconds: float = 0.0
+    defence: str = ""  # the run's --dp, in words ("" without)
 
     @property
     def measurable_rounds(self) -> list[int]:
@@ -90,7 +91,7 @@ class FootprintReport:
             "enroll_epochs": self.enroll_epochs, "bootstrap": self.bootstrap, "confidence": self.confidence,
             "rounds": [r.to_dict() for r in self.rounds], "pooled": self.pooled.to_dict(), "average": self.average,
             "best_layer": None if best is None else {"layer": best[0], "eer": best[1]},
-            "seconds": round(self.seconds, 2),
+            "seconds": round(self.seconds, 2), "defence": self.defence,
         }
 
 
@@ -295,7 +296,19 @@ def _report(setting: _Setting, results: list[RoundResult], all_trials: list[Tria
     measurable = [r.result.eer for r in results if r.result.measurable]
     average = [float(v) for v in np.mean(np.array(measurable), axis=0)] if measurable else None
     return FootprintReport(str(setting.run), layers, results, pooled, average, setting.indicator.describe(),
-                           setting.train_config.epochs, c.bootstrap, c.confidence, time.perf_counter() - t_start)
+                           setting.train_config.epochs, c.bootstrap, c.confidence, time.perf_counter() - t_start,
+                           defence(setting.sim))
+
+
+def defence(sim: SimulateConfig) -> str:
+    """What the test models are under the run's --dp (the attack always scores what the server received)."""
+    if sim.dp == "local":
+        return (f"--dp local (z {sim.dp_noise_multiplier:g}, C {sim.dp_clip:g}): the test models are the noised "
+                "updates the server received")
+    if sim.dp == "central":
+        return (f"--dp central (z {sim.dp_noise_multiplier:g}, C {sim.dp_clip:g}): the test models are the clipped, "
+                "un-noised updates the server received (central DP protects the released model, not these)")
+    return ""
 
 
 # ------------------------------------------------------------------------------------------ one round's trials

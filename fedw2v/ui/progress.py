@@ -1,4 +1,5 @@
-"""The live display of a federated run: round k/N, clients finished in this round, last WER, elapsed, ETA.
+"""The live display of a federated run: round k/N, clients finished in this round, last WER, ε (with --dp),
+elapsed, ETA.
 
 `RunDisplay` receives the server's events (the same dicts that go to metrics.jsonl, plus progress events).
 On a terminal it redraws one status line (rich Live); elsewhere it prints one line per round.
@@ -19,6 +20,11 @@ def _clock(seconds: float | None) -> str:
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60:02d}:{rest % 60:02d}"
 
 
+def epsilon_text(epsilon: float | None) -> str:
+    """ε as shown: None (how metrics.jsonl writes an infinite ε, z = 0) is ∞."""
+    return "∞" if epsilon is None else f"{epsilon:.3g}"
+
+
 class RunDisplay:
     def __init__(self, rounds: int, console: Any, live: bool | None = None):
         self.rounds = rounds
@@ -31,6 +37,7 @@ class RunDisplay:
         self.failed = 0
         self.phase = "starting"
         self.last_wer: tuple[int, float] | None = None
+        self.privacy: str = ""  # "ε 3.21 (δ 1e-05)" once a DP round was released
         self.round_seconds: list[float] = []
         self._lock = threading.Lock()
         self._live: Any = None
@@ -59,8 +66,9 @@ class RunDisplay:
     def status(self) -> str:
         wer = f"{100 * self.last_wer[1]:.2f}% (round {self.last_wer[0]})" if self.last_wer else "-"
         failed = f", {self.failed} failed" if self.failed else ""
+        eps = f"{self.privacy} · " if self.privacy else ""
         return (f"round {self.round}/{self.rounds} · {self.phase} · clients {self.done}/{self.of} finished{failed} · "
-                f"last WER {wer} · elapsed {_clock(time.monotonic() - self.t0)} · ETA {_clock(self.eta())}")
+                f"last WER {wer} · {eps}elapsed {_clock(time.monotonic() - self.t0)} · ETA {_clock(self.eta())}")
 
     def __call__(self, event: dict) -> None:
         with self._lock:
@@ -83,6 +91,8 @@ class RunDisplay:
                     self.phase = "aggregating"
             elif kind == "evaluating":
                 self.phase = f"evaluating {event['done']}/{event['of']}"
+            elif kind == "privacy":
+                self.privacy = f"ε {epsilon_text(event.get('epsilon'))} (δ {event['delta']:g})"
             elif kind == "evaluate":
                 self.last_wer = (event["round"], event["wer"])
             elif kind == "round_end":

@@ -214,7 +214,9 @@ def simulate_table(config: Any, state: Any) -> Table:
     shown = simulate_rows(history)
     table = Table(title=f"fedw2v simulate: {state.round} rounds, {config.clients_per_round} clients per round",
                   title_justify="left")
-    for name in ("round", "WER %", "ΔWER", "CER %", "ΔCER", "loss"):
+    dp = getattr(config, "dp", "off") != "off"
+    epsilons = {e["round"]: e["epsilon"] for e in (getattr(state, "privacy", None) or {}).get("history", [])}
+    for name in ("round", "WER %", "ΔWER", "CER %", "ΔCER", "loss") + (("ε",) if dp else ()):
         table.add_column(name, justify="right")
     best = min(history, key=lambda h: h["wer"]) if history else None
     previous: dict[int, dict] = {id(h): history[i - 1] for i, h in enumerate(history) if i}
@@ -223,15 +225,26 @@ def simulate_table(config: Any, state: Any) -> Table:
         loss = "-" if h.get("loss") is None else f"{h['loss']:.3f}"
         delta = (lambda key: "" if before is None else f"{100 * (h[key] - before[key]):+.2f}")
         mark = " *" if h is best else ""
+        eps = (_epsilon_cell(h["round"], epsilons),) if dp else ()
         table.add_row(f"{h['round']}{mark}", f"{100 * h['wer']:.2f}", delta("wer"), f"{100 * h['cer']:.2f}",
-                      delta("cer"), loss)
+                      delta("cer"), loss, *eps)
     if history:
         hidden = len(history) - len(shown)
         table.caption = (f"the global model on the {config.eval_split} split; * best WER (round {best['round']}); "
                          "Δ: change from the evaluation before"
-                         + (f"; {hidden} evaluations not shown (metrics.jsonl has them all)" if hidden else ""))
+                         + (f"; {hidden} evaluations not shown (metrics.jsonl has them all)" if hidden else "")
+                         + (f"; ε at δ {config.dp_delta:g} after the round (--dp {config.dp}, "
+                            f"z {config.dp_noise_multiplier:g}, C {config.dp_clip:g})" if dp else ""))
         table.caption_justify = "left"
     return table
+
+
+def _epsilon_cell(round_: int, epsilons: dict[int, float | None]) -> str:
+    from fedw2v.ui.progress import epsilon_text
+
+    if round_ == 0:
+        return "0"
+    return epsilon_text(epsilons[round_]) if round_ in epsilons else "-"
 
 
 def participation_table(report: Any) -> Table:
@@ -291,6 +304,8 @@ def footprint_table(report: Any) -> Any:
     ind = report.indicator
     excluded = f"; {ind['excluded_utterances']} utterances of analysed speakers left out" if ind.get(
         "excluded_utterances") else ""
+    if getattr(report, "defence", ""):
+        facts.add_row("defence", report.defence)
     facts.add_row("indicator", f"{ind['utterances']} utterances ({ind['seconds']:.0f} s, {len(ind['speakers'])} "
                   f"speakers) of split {ind['split'] or '?'} from {ind['manifest']}{excluded}")
     for r in report.rounds:
