@@ -24,7 +24,7 @@ from fedw2v.config.footprint import FootprintConfig
 from fedw2v.config.simulate import SimulateConfig
 from fedw2v.config.train import ALLOW_PICKLE_HELP, MODEL_HELP, TrainConfig, TrainRunConfig
 from fedw2v.evaluate import EvaluateConfig
-from fedw2v.partition import PartitionConfig
+from fedw2v.partition import ExportConfig, PartitionConfig
 from fedw2v.transcribe import TranscribeConfig
 from fedw2v.device import DEVICE_HELP
 from fedw2v.errors import InputError, UsageError
@@ -162,7 +162,7 @@ def prepare(
 
 
 @app.command()
-@declared(PartitionConfig)
+@declared(PartitionConfig, ExportConfig)
 def partition(
     ctx: typer.Context,
     manifest_path: Annotated[Path, typer.Argument(metavar="MANIFEST", help="Manifest made by `fedw2v prepare`.")],
@@ -183,18 +183,18 @@ def partition(
     """Split the corpus train utterances into federated clients with local train/dev/test/holdout splits."""
     from fedw2v.partition import run as partition_run
     from fedw2v.ui.console import console, err_console
-    from fedw2v.ui.render import import_warnings, partition_table
+    from fedw2v.ui.render import export_note, import_warnings, partition_table
 
     config = _partition_config(ctx, options, from_lists, duplicates)
     if plot is not None and (plot.suffix.lower() != ".png" or plot.is_dir()):
         raise UsageError(f"--plot {plot}: must be a .png file path")
-    result = partition_run.run(manifest_path, output, config, options["max_clients"], plot)
+    result = partition_run.run(manifest_path, output, config, options["max_clients"], plot, build(ExportConfig, options))
     for line in import_warnings(result.imported, manifest_path) if from_lists is not None else []:
         err_console.print(line, markup=False, soft_wrap=True)
     console.print(partition_table(result))
     console.print(
         f"wrote {result.stats.clients} clients ({result.table.num_rows} utterances) to {output}"
-        + (f"; histogram {plot}" if plot is not None else ""),
+        + (f"; histogram {plot}" if plot is not None else "") + export_note(result.extra.get("exported")),
         soft_wrap=True,
     )
 

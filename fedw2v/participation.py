@@ -2,8 +2,9 @@
 
 For each kept checkpoint (the global model after round r) every client's local *test* split is decoded and
 scored; clients are grouped by the number of rounds up to r in which they took part (were sampled and their
-update was aggregated): 0, 1, 2-3, 4+. The paper found the global model serves speakers who never took part
-about as well as those who did.
+update was aggregated): 0, 1, 2-3, 4+. For a Deployment Engine run whose data stayed on the SuperNodes the
+scores are the ones the nodes reported during the run (federated evaluation, "node_evaluate" events). The
+paper found the global model serves speakers who never took part about as well as those who did.
 """
 
 from __future__ import annotations
@@ -84,6 +85,8 @@ def analyse(
 
     t0 = time.perf_counter()
     run = Path(run_dir)
+    if manifest_path is None and _data_on_nodes(run):
+        return _from_node_evaluations(run, rounds, t0)
     inputs = _load(run, manifest_path, rounds)
     dev = resolve_device(device)
     scores: dict[int, dict[str, BucketScore]] = {}
@@ -93,6 +96,39 @@ def analyse(
         scores[r], per_client[r] = _bucket_scores(by_client, participation(inputs.events, r))
     return ParticipationReport(str(run), inputs.rounds, scores, per_client, inputs.without_test,
                                time.perf_counter() - t0)
+
+
+def _data_on_nodes(run: Path) -> bool:
+    """A Deployment Engine run whose data stayed on the SuperNodes (no clients manifest on the server)."""
+    from fedw2v.config.simulate import load_run_config
+
+    return load_run_config(run).nodes_hold_data
+
+
+def _from_node_evaluations(run: Path, rounds: list[int] | None, t0: float) -> ParticipationReport:
+    """Such a run's report from what its SuperNodes said during the run: each node scored every evaluated global
+    model on its local test split ("node_evaluate" events in metrics.jsonl); nothing is decoded here, and the
+    server never saw the clients' speech. Rounds: the evaluated ones, or ``rounds``."""
+    from fedw2v import runs
+
+    events = runs.read_metrics(run)
+    evaluated: dict[int, dict[int, ErrorCounts]] = {}
+    for e in events:
+        if e.get("event") == "node_evaluate" and e.get("error") is None and e.get("client") is not None:
+            counts = ErrorCounts(**{k: int(e[k]) for k in ErrorCounts.__dataclass_fields__})
+            evaluated.setdefault(int(e["round"]), {})[int(e["client"])] = counts
+    chosen = sorted(set(rounds)) if rounds else sorted(evaluated)
+    missing = [r for r in chosen if r not in evaluated]
+    if missing or not chosen:
+        raise InputError(f"{run}: no federated evaluation by the SuperNodes for round(s) "
+                         f"{', '.join(map(str, missing)) or 'any'} (evaluated: {', '.join(map(str, evaluated))})",
+                         hint="the nodes score the global model at every --eval-every round")
+    scores, per_client = {}, {}
+    for r in chosen:
+        by_client = {c: [n] for c, n in sorted(evaluated[r].items()) if n.utterances}
+        scores[r], per_client[r] = _bucket_scores(by_client, participation(events, r))
+    without = sorted({c for by in evaluated.values() for c, n in by.items() if not n.utterances})
+    return ParticipationReport(str(run), chosen, scores, per_client, without, time.perf_counter() - t0)
 
 
 @dataclass
@@ -171,7 +207,7 @@ def _bucket_scores(
         client = total(counts)
         scores[b].clients += 1
         scores[b].counts = scores[b].counts + client
-        per_client[c] = {"rounds_taken_part": taken.get(c, 0), "bucket": b, "utterances": len(counts),
+        per_client[c] = {"rounds_taken_part": taken.get(c, 0), "bucket": b, "utterances": client.utterances,
                          "wer": client.wer if client.ref_words else None}
     return scores, per_client
 

@@ -30,8 +30,10 @@ DP_ACCOUNTING = ("none", "sampled")
 
 @dataclass(frozen=True)
 class SimulateConfig:
-    clients_manifest: str = option(help="The partitioned manifest (`fedw2v partition`).", cli=False, path=True,
-                                   absolute=True, example="demo/clients.parquet")
+    clients_manifest: str = option(help="The partitioned manifest (`fedw2v partition`); empty under the Deployment "
+                                        "Engine when every SuperNode reads its own client's manifest from its "
+                                        "--node-config (the server then holds no client rows).", cli=False,
+                                   path=True, absolute=True, example="demo/clients.parquet")
     run_dir: str = option(help="Run directory, e.g. runs/NAME (config, metrics, checkpoints, plots).",
                           flags="--run-dir", path=True, absolute=True, output="dir", example="runs/flwr-demo")
     model: str = option(DEFAULT_MODEL, MODEL_HELP + " A new CTC head is added over the corpus characters when "
@@ -57,11 +59,15 @@ class SimulateConfig:
                                 "last round).")
     eval_split: str = option("test", "Corpus split the server scores, whole (no length filter).",
                              choices=EVAL_SPLITS)
+    eval_manifest: str = option("", "Manifest whose --eval-split the server scores (default: the clients manifest; "
+                                    "required when the data stays on the SuperNodes).", path=True, absolute=True)
     gpus_per_client: float = option(1.0, "GPU share per client (0.5: two clients per GPU); without a GPU every "
                                          "client uses the CPU.")
     cpus_per_client: float = option(2.0, "CPU cores per client (Ray resource).")
     min_fit_clients: int = option(0, "A round with fewer successful clients stops the run (0: half the clients "
                                      "per round, at least 1).", shown_default="half the clients per round")
+    min_nodes: int = option(0, "Deployment Engine, data on the SuperNodes: connected SuperNodes a round waits for "
+                               "before it samples (0: as many as --min-fit-clients needs).", cli=False)
     round_timeout: float = option(0.0, "Seconds the server waits for a round's replies; clients still silent "
                                        "then have failed (0: no limit).", resumable=True)
     seed: int = option(0, "Seed of sampling, model initialisation, local batch order and masking.")
@@ -136,6 +142,11 @@ class SimulateConfig:
             (self.keep_checkpoints >= 1, "keep-checkpoints must be at least 1"),
             (all(1 <= r <= self.rounds for r in self.footprint_rounds), "footprint rounds must lie in 1..rounds"),
             (self.indicator_utterances >= 1, "indicator utterances must be at least 1"),
+            (self.min_nodes >= 0, "min nodes must be non-negative"),
+            (bool(self.clients_manifest or self.eval_manifest),
+             "with the data on the SuperNodes (no clients manifest) the server needs an eval manifest"),
+            (bool(self.clients_manifest or self.indicator_manifest or not self.footprint_rounds),
+             "footprint rounds with the data on the SuperNodes need an indicator manifest (the server's own)"),
         ]
         for ok, rule in checks + self._dp_checks():
             if not ok:
@@ -170,6 +181,11 @@ class SimulateConfig:
              f"--dp {dp} needs --weighting uniform, not {self.weighting}: Flower's privacy accountant assumes equal "
              "client weights (a larger weight lets one client move the average by more than C/n)"),
         ]
+
+    @property
+    def nodes_hold_data(self) -> bool:
+        """Deployment Engine with the data on the SuperNodes: no clients manifest on the server."""
+        return not self.clients_manifest
 
     @property
     def required_successes(self) -> int:

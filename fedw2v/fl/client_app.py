@@ -2,6 +2,9 @@
 
 A training message names the client (`client-id`), the round and where everything is (the partitioned
 manifest, the run's round-0 checkpoint), and carries the global weights (trainable parameters, by name).
+Under the Deployment Engine with the data on the nodes it names neither: the SuperNode's node config says
+where its own client's data is, and the model comes in the message (`fedw2v.fl.node_data`), which also
+answers the server's federated-evaluation messages.
 The worker builds its model once from the round-0 checkpoint and loads each round's weights into it; it
 reads the manifest once. It trains the client's local train split with `fedw2v.train.local_train`, with as
 many torch threads as the CPU cores Ray gave the client (``--cpus-per-client``, at least one; whatever
@@ -99,6 +102,19 @@ class Worker:
             self.builds += 1
         return self._model[1]
 
+    def has_model(self, base: str) -> bool:
+        return self._model is not None and self._model[0] == base
+
+    def keep_model(self, base: str, loaded: Any) -> None:
+        """Keep a model built elsewhere (one that came in a message) under the name ``base``."""
+        self._model = (base, loaded)
+        self.builds += 1
+
+    def keep_manifest(self, key: tuple[str, str, bool], manifest: Any) -> None:
+        """Keep a manifest read elsewhere (a SuperNode's own) under ``key`` = (manifest, corpus root, allow
+        outside audio), the key `utterances` looks it up by."""
+        self._manifests = {key: manifest}
+
     def utterances(self, job: TrainJob, local_split: str) -> list:
         from fedw2v import manifest as mf
         from fedw2v.batching import utterances_from_manifest
@@ -153,13 +169,17 @@ def ray_worker_cpus() -> float | None:
         return None
 
 
-def run_train(content: RecordDict, worker: Worker = WORKER) -> RecordDict:
-    """Handle one training message's content; never raises (a failure is a reply with `error` set)."""
+def run_train(content: RecordDict, worker: Worker = WORKER, node_config: Any = None) -> RecordDict:
+    """Handle one training message's content; never raises (a failure is a reply with `error` set). A job that
+    names no manifest takes the data of this SuperNode's ``node_config`` (`fl.node_data.node_job`)."""
+    from fedw2v.fl.node_data import node_job
+
     t0 = time.perf_counter()
     config = content["config"]
     client_id = int(config["client-id"])
     try:
-        job = TrainJob.from_record(config)
+        job = node_job(TrainJob.from_record(config), content, node_config or {}, worker)
+        client_id = job.client_id
         shipped = (content["base-files"], content["base-arrays"]) if "base-files" in content else None
         threads = worker.set_threads()
         metrics, arrays = _train(job, arrays_from_record(content["arrays"]), worker, shipped)
@@ -263,4 +283,12 @@ app = ClientApp()
 
 @app.train(mods=[privacy_mod])  # --dp: Flower's fixedclipping_mod / LocalDpMod on the reply (privacy.dp_client)
 def train(msg: Message, context: Context) -> Message:
-    return Message(run_train(msg.content), reply_to=msg)
+    return Message(run_train(msg.content, node_config=context.node_config), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Federated evaluation (data on the SuperNodes): the global model on this node's local test split."""
+    from fedw2v.fl.node_data import run_evaluate
+
+    return Message(run_evaluate(msg.content, context.node_config, WORKER), reply_to=msg)

@@ -6,8 +6,9 @@ them); leave out failed clients (their error is logged); stop with `RunFailed` w
 `required_successes` succeeded; weight the rest (`fl.aggregate.client_weights`) and average them in client-id
 order (`fl.aggregate.weighted_average`); evaluate the global model on the whole eval split every
 `eval_every` rounds; write the checkpoint (HF model dir + state.json), then replace checkpoints/LATEST, prune,
-plot and log. In a footprint round the privacy hook (`privacy.online.OnlineFootprints`) sees the global model
-before the clients train and their successful updates after, and stores the updates' footprints. With --dp the
+plot and log. Under the Deployment Engine with the data on the SuperNodes (no clients manifest) the nodes are
+the clients: sampling, message payload and federated evaluation are `fl.nodes`'s. In a footprint round the
+privacy hook (`privacy.online.OnlineFootprints`) sees the global model before the clients train and their successful updates after, and stores the updates' footprints. With --dp the
 DP hook (`privacy.dp.DpServer`) adds its keys to the training messages, stops before a round would exceed the
 privacy budget, clips and noises around the average and keeps its state (accountant, noise generator) in
 state.json. metrics.jsonl events of a round are written in a fixed order (fit results by client id), so an
@@ -28,6 +29,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedw2v.errors import InputError, RunFailed
 from fedw2v.config.simulate import SimulateConfig
+from fedw2v.fl.nodes import NodeFederation
 from fedw2v.privacy.dp import DpServer
 from fedw2v.privacy.online import OnlineFootprints
 
@@ -120,20 +122,29 @@ class Server:
         self.report = reporter or (lambda event: None)
         self.run_dir = Path(config.run_dir)
         self.log = runs.MetricsLog(self.run_dir)
-        self.manifest = mf.read(config.clients_manifest, allow_outside_audio=config.allow_outside_audio)
-        self.client_ids = self.manifest.client_ids
-        if not self.client_ids:
+        # the data on the SuperNodes (Deployment Engine): no clients manifest here, the nodes are the clients
+        outside = config.allow_outside_audio
+        self.manifest = (mf.read(config.clients_manifest, allow_outside_audio=outside) if config.clients_manifest
+                         else None)
+        self.eval_manifest = (mf.read(config.eval_manifest, allow_outside_audio=outside) if config.eval_manifest
+                              else self.manifest)
+        self.client_ids = self.manifest.client_ids if self.manifest is not None else []
+        if self.manifest is not None and not self.client_ids:
             raise InputError(
                 f"{config.clients_manifest}: no client_id is set", hint="make clients with `fedw2v partition`"
             )
         self.train_config = config.train_config()
-        self._job_manifest = str(Path(config.clients_manifest).resolve())  # what every TrainJob names
+        # what every TrainJob names ('': the node's own data, `fl.node_data`)
+        self._job_manifest = str(Path(config.clients_manifest).resolve()) if self.manifest is not None else ""
         self._job_train_config = self.train_config.to_dict()
         self.base_model = str(self.run_dir / "checkpoints" / runs.checkpoint_name(0))
+        self.nodes = None if self.manifest is not None else NodeFederation(grid, config, self.base_model,
+                                                                             self._emit, self.report)
         # on a Ray cluster the workers cannot see the run directory: the round-0 model travels with every job
         self.ships_base = bool(config.ray_address)
         self._base: dict[str, Any] | None = None
-        self.footprints = OnlineFootprints(config, self.manifest, self.base_model)  # --footprint-rounds
+        self.footprints = OnlineFootprints(config, self.manifest or self.eval_manifest,
+                                           self.base_model)  # --footprint-rounds
         self.dp = DpServer(config, len(self.client_ids))  # --dp
 
     # ---------------------------------------------------------------- the run
@@ -143,7 +154,8 @@ class Server:
         from fedw2v.train import set_feature_encoder_frozen
 
         check_run_dir(self.config)
-        sampler = ClientSampler(self.client_ids, self.config.clients_per_round, self.config.seed)
+        sampler = (self.nodes.sampler() if self.nodes is not None
+                   else ClientSampler(self.client_ids, self.config.clients_per_round, self.config.seed))
         if self.config.resume:
             state, lm = self._resume(sampler)
         else:
@@ -159,7 +171,9 @@ class Server:
         from fedw2v.model import load_model, num_parameters
 
         t0 = time.perf_counter()
-        train_texts = self.manifest.table.filter(pc.equal(self.manifest.table.column("split"), "train"))
+        # a new CTC head's characters: the clients' texts, or with the data on the nodes the server's own
+        train_texts = (self.manifest.table.filter(pc.equal(self.manifest.table.column("split"), "train"))
+                       if self.manifest is not None else self.eval_manifest.table)
         lm = load_model(self.config.model, texts=train_texts.column("text").to_pylist(), seed=self.config.seed)
         state = RunState(sampler=sampler.state, seed=self.config.seed)
         self._emit({"event": "round_start", "round": 0, "clients": [], "model": str(lm.source),
@@ -190,13 +204,18 @@ class Server:
         clients = sampler.sample()
         self.dp.check_budget(r, clients, state.round)
         state.sampler = sampler.state
-        self._emit({"event": "round_start", "round": r, "clients": clients})
+        self._emit({"event": "round_start", "round": r,
+                    **(self.nodes.sampled(clients) if self.nodes is not None else {"clients": clients})})
         self.footprints.before_round(r, lm.model, lm.processor)
         results = self._fit(r, clients, lm)
-        ok = {cid: res for cid, res in results.items() if res["error"] is None}
+        if self.nodes is not None:  # keyed by node id: the updates go by the client each node reported
+            self.nodes.learn(results)
+        ok = {res.get("client_id", cid) if self.nodes is not None else cid: res
+              for cid, res in results.items() if res["error"] is None}
         for cid in sorted(results):
             res = results[cid]
-            self._emit({"event": "fit", "round": r, "client": cid, "error": res["error"], **res["metrics"]})
+            who = self.nodes.who(cid, res) if self.nodes is not None else {"client": cid}
+            self._emit({"event": "fit", "round": r, **who, "error": res["error"], **res["metrics"]})
         stored = self.footprints.after_fit(r, {cid: res["arrays"] for cid, res in ok.items()})
         if stored is not None:
             self._emit({"event": "footprints", "round": r, **stored})
@@ -234,13 +253,16 @@ class Server:
         nodes = self._nodes()
         timeout = self.config.round_timeout or None
         messages = []
+        on_nodes = self.nodes is not None  # then `clients` are node ids, and a node finds its own data
+        extra = self.nodes.payload(lm) if on_nodes else {}
         for i, cid in enumerate(clients):
-            job = TrainJob(cid, r, self._job_manifest, self.config.corpus_root, self.base_model,
-                           self._job_train_config, self.config.seed, self.config.allow_outside_audio)
+            job = TrainJob(-1, r, "", "", "", self._job_train_config, self.config.seed) if on_nodes else TrainJob(
+                cid, r, self._job_manifest, self.config.corpus_root, self.base_model, self._job_train_config,
+                self.config.seed, self.config.allow_outside_audio)
             messages.append(Message(RecordDict({"arrays": record, "config": self.dp.job_config(job.to_record()),
-                                                **base}),
-                                    dst_node_id=nodes[i % len(nodes)], message_type=MessageType.TRAIN,
-                                    group_id=str(r), ttl=timeout))
+                                                **base, **extra}),
+                                    dst_node_id=cid if on_nodes else nodes[i % len(nodes)],
+                                    message_type=MessageType.TRAIN, group_id=str(r), ttl=timeout))
         ids = set(self.grid.push_messages(messages))
         deadline = None if timeout is None else time.monotonic() + timeout
         # pushing gives each message its id in place; a message the SuperLink refused has no reply to wait for
@@ -322,6 +344,8 @@ class Server:
             if timeout is not None and "TTL" in reason:  # the SuperLink expired it: --round-timeout passed
                 return {"error": f"no reply within {timeout:g} s (--round-timeout; the SuperLink expired the "
                                  "message)", "metrics": {}, "arrays": None}
+            if "Node Unavailable" in reason:  # Deployment Engine: the SuperNode stopped sending heartbeats
+                return {"error": "the SuperNode went away (it missed its heartbeats)", "metrics": {}, "arrays": None}
             return {"error": f"client app crashed: {reason[:300]}", "metrics": {}, "arrays": None}
         content = reply.content
         status = content["status"]
@@ -331,13 +355,15 @@ class Server:
             metrics["ray_node"] = str(status["node"])
         if "threads" in status:
             metrics["worker_threads"] = int(status["threads"])  # torch threads it trained with
+        client = {"client_id": int(status["client-id"])}  # the client a SuperNode serves (data on the nodes)
         if status["error"]:
-            return {"error": str(status["error"]), "metrics": metrics, "arrays": None}
+            return {"error": str(status["error"]), "metrics": metrics, "arrays": None, **client}
         arrays = arrays_from_record(content["arrays"])
         bad = non_finite(arrays)
         if bad:
-            return {"error": f"non-finite weights received ({', '.join(bad[:3])})", "metrics": metrics, "arrays": None}
-        return {"error": None, "metrics": metrics, "arrays": arrays}
+            return {"error": f"non-finite weights received ({', '.join(bad[:3])})", "metrics": metrics, "arrays": None,
+                    **client}
+        return {"error": None, "metrics": metrics, "arrays": arrays, **client}
 
     def _nodes(self) -> list[int]:
         deadline = time.monotonic() + 120
@@ -359,13 +385,14 @@ class Server:
         from fedw2v.train import evaluate_loss
 
         t0 = time.perf_counter()
+        asked = self.nodes.ask_evaluate(r, lm) if self.nodes is not None else None  # their local test splits
         device = resolve_device("auto")
-        result = evaluate(self.manifest, lm.model, lm.processor,
+        result = evaluate(self.eval_manifest, lm.model, lm.processor,
                           EvaluateConfig(split=self.config.eval_split, device=device,
                                          corpus_root=self.config.corpus_root or None),
                           progress=lambda done, total: self.report(
                               {"event": "evaluating", "round": r, "done": done, "of": total}))
-        utts = utterances_from_manifest(self.manifest, split=self.config.eval_split,
+        utts = utterances_from_manifest(self.eval_manifest, split=self.config.eval_split,
                                         corpus_root=self.config.corpus_root or None)
         loss = evaluate_loss(lm.model, lm.processor, utts, self.train_config, device)
         wer, cer = result.overall.wer, result.overall.cer
@@ -374,6 +401,8 @@ class Server:
             state.best_round, state.best_wer = r, wer
         self._emit({"event": "evaluate", "round": r, "split": self.config.eval_split, "wer": wer, "cer": cer,
                     "loss": loss, "utterances": result.overall.utterances, "seconds": time.perf_counter() - t0})
+        if asked is not None:
+            self.nodes.collect_evaluate(r, asked)
 
     def _checkpoint(self, r: int, state: RunState, lm: Any, t0: float) -> None:
         from fedw2v import plots, runs

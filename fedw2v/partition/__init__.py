@@ -13,11 +13,13 @@ Two ways to make the clients, one module each, both returning a `PartitionResult
 - `fedw2v.partition.lists`: ``import_lists(table, lists_dir)``, the authors' ``client_<k>/`` list folders.
 
 `fedw2v.partition.train_rows` reads the corpus-train rows both work on; `fedw2v.partition.result` builds the
-output table, the client table and the stats. The names below are the package's interface.
+output table, the client table and the stats. `fedw2v.partition.export` writes each client's own manifest (and
+audio) for a real federation. The names below are the package's interface.
 """
 
 from __future__ import annotations
 
+from fedw2v.partition.export import ExportConfig, ExportResult, export_clients
 from fedw2v.partition.lists import DUPLICATE_POLICIES, ImportReport, import_lists
 from fedw2v.partition.result import CLIENT_COLUMNS, PartitionResult, PartitionStats, Spread
 from fedw2v.partition.schemes import SCHEMES, UNITS, PartitionConfig, parse_local_split, partition
@@ -25,6 +27,8 @@ from fedw2v.partition.schemes import SCHEMES, UNITS, PartitionConfig, parse_loca
 __all__ = [
     "CLIENT_COLUMNS",
     "DUPLICATE_POLICIES",
+    "ExportConfig",
+    "ExportResult",
     "SCHEMES",
     "UNITS",
     "ImportReport",
@@ -32,6 +36,7 @@ __all__ = [
     "PartitionResult",
     "PartitionStats",
     "Spread",
+    "export_clients",
     "import_lists",
     "parse_local_split",
     "partition",

@@ -7,7 +7,7 @@ manifest says how to remake it whatever defaults a later version has.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +45,10 @@ def command_line(manifest_path: Path, output: Path, config: Any, max_clients: in
 
 
 def run(manifest_path: Path, output: Path, config: Any, max_clients: int | None = None,
-        plot: Path | None = None) -> Any:
-    """Partition ``manifest_path`` into ``output`` (and the histogram ``plot``); returns the partition result."""
+        plot: Path | None = None, export: Any = None) -> Any:
+    """Partition ``manifest_path`` into ``output`` (and the histogram ``plot``; with ``export``, an
+    `ExportConfig` naming a directory, one manifest per client there); returns the partition result, its
+    ``extra["exported"]`` the `ExportResult`."""
     from fedw2v import manifest
     from fedw2v import partition as part
 
@@ -61,6 +63,9 @@ def run(manifest_path: Path, output: Path, config: Any, max_clients: int | None 
     command = command_line(manifest_path, output, config, max_clients, plot)
     info = source.info.with_command(command, seed, scheme=scheme, partition=result.extra)
     manifest.write(manifest.Manifest(result.table, info), output)
+    if export is not None and export.export_clients:
+        exported = part.export_clients(manifest.Manifest(result.table, info), export, command)
+        result = replace(result, extra={**result.extra, "exported": exported})
     if plot is not None:
         from fedw2v.plots import client_minutes_histogram
 

@@ -339,3 +339,12 @@ def import_warnings(imp: Any, manifest_path: Any) -> list[str]:
     if imp.outside_train_ids:
         lines.append(f"warning: {imp.outside_train_ids} listed ids belong to the corpus dev/test split: ignored")
     return lines
+
+
+def export_note(exported: Any) -> str:
+    """The end of `fedw2v partition`'s last line when it exported each client's manifest (else '')."""
+    if exported is None:
+        return ""
+    audio = f", {exported.audio_files} audio files" if exported.audio_files else ""
+    return (f"; one folder per client in {exported.directory} ({len(exported.manifests)} manifests{audio}): "
+            "hand each participant theirs")
