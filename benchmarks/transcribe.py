@@ -111,18 +111,32 @@ def write_silence(path: Path, seconds: float, rate: int = 8000) -> None:
             left -= n
 
 
-def peak_rss_mb(path: Path, threads: int | None) -> tuple[float, float]:
-    """(peak RSS in MB, wall seconds) of one ``fedw2v transcribe`` process on ``path`` with the tiny model."""
+# Linux keeps a process's RSS high-water mark across exec, and a forked child starts with its parent's: a child
+# of this (possibly large: the speed part loads a 95M model) process would report at least our own peak. So a
+# fresh, small Python forks the measured command and reports the peak RSS of that grandchild alone.
+_MEASURE = """import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+print(usage.ru_maxrss)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def peak_rss_mb(path: Path, threads: int | None, command: list[str] | None = None) -> tuple[float, float]:
+    """(peak RSS in MB, wall seconds) of one ``fedw2v transcribe`` process on ``path`` with the tiny model
+    (or of ``command``), measured apart from this process's own memory."""
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
+    command = command or [sys.executable, "-m", "fedw2v.cli", "transcribe", str(path), "--model", "tiny",
+                          "--format", "srt"]
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "fedw2v.cli", "transcribe", str(path), "--model", "tiny",
-                             "--format", "srt"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        raise SystemExit(f"transcribe of {path} failed: {proc.stderr.read().decode()[-500:]}")
-    return usage.ru_maxrss / 1024, time.perf_counter() - t0
+    out = subprocess.run([sys.executable, "-c", _MEASURE, *command], capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise SystemExit(f"transcribe of {path} failed: {out.stderr[-500:]}")
+    return int(out.stdout.split()[-1]) / 1024, time.perf_counter() - t0
 
 
 def memory(hours: float, threads: int | None) -> dict:

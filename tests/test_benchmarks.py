@@ -130,3 +130,18 @@ def test_scale_benchmark_builds_equal_clients_and_compares_two_sizes(asr_corpus,
         assert m["startup"] > 0 and m["round"] > 0 and m["client"] > 0 and m["rss"] > 100 * 2**20
     assert got["medians"]["2"]["round_ratio"] == 1.0 and "round ratio" in res.stdout
     assert set(got["flower_poll_seconds"]) == {"10", "2000"}
+
+
+def test_peak_rss_of_a_child_does_not_count_the_measuring_process(tmp_path):
+    """Linux carries a parent's RSS high-water mark into a forked child across exec: measured from a process
+    holding 1 GB (as the speed part, with its 95M model, does), a child that allocates nothing read ~1 GB."""
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("bench_transcribe", ROOT / "benchmarks" / "transcribe.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    ballast = np.ones(1 << 30, dtype=np.uint8)  # 1 GiB, touched
+    rss, _ = bench.peak_rss_mb(tmp_path / "unused.wav", None, [sys.executable, "-c", "pass"])
+    assert ballast[-1] == 1 and 1 < rss < 200
