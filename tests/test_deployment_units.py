@@ -218,3 +218,18 @@ def test_participation_of_a_deployment_run_comes_from_the_nodes_own_evaluations(
         analyse(run, rounds=[2])
     result = CliRunner().invoke(app, ["evaluate", str(run), "--participation", "--rounds", "1"])
     assert result.exit_code == 0, result.output
+
+
+def test_a_node_refuses_model_files_from_the_server_that_name_custom_code():
+    """The configuration files a node receives are data: one naming code (`auto_map`) is refused in one line
+    before transformers reads it, so a compromised server cannot make a SuperNode run code."""
+    import json
+
+    import pytest
+
+    from fedw2v.errors import InputError
+    from fedw2v.fl.node_data import build_model
+
+    config = {"model_type": "wav2vec2", "auto_map": {"AutoConfig": "evil.EvilConfig"}}
+    with pytest.raises(InputError, match="auto_map"):
+        build_model({"config.json": json.dumps(config), "evil.py": "open('/tmp/pwned', 'w')"}, None)

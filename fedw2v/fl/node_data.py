@@ -148,7 +148,7 @@ def build_model(files: Mapping[str, str], frozen_record: Any) -> Any:
     from transformers.initialization import no_init_weights
 
     from fedw2v.fl.records import arrays_from_record
-    from fedw2v.model import LoadedModel, ModelSource, _quiet_transformers
+    from fedw2v.model import LoadedModel, ModelSource, _quiet_transformers, refuse_custom_code
     from fedw2v.weights import load_arrays
 
     with tempfile.TemporaryDirectory(prefix="fedw2v-model-") as tmp:
@@ -156,9 +156,10 @@ def build_model(files: Mapping[str, str], frozen_record: Any) -> Any:
             if os.sep in name or name.startswith("."):
                 raise InputError(f"model file name {name!r} from the server is not a plain file name")
             (Path(tmp) / name).write_text(text)
+        refuse_custom_code(Path(tmp))  # the server's files are data: no code named in them ever runs
         with _quiet_transformers():
-            config = Wav2Vec2Config.from_pretrained(tmp)
-            processor = Wav2Vec2Processor.from_pretrained(tmp)
+            config = Wav2Vec2Config.from_pretrained(tmp, trust_remote_code=False)
+            processor = Wav2Vec2Processor.from_pretrained(tmp, trust_remote_code=False)
             with no_init_weights():  # every parameter is overwritten below or by the message's weights
                 model = Wav2Vec2ForCTC(config)
     load_arrays(model, arrays_from_record(frozen_record))
