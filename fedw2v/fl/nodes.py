@@ -17,44 +17,32 @@ manifest on the server: `SimulateConfig.nodes_hold_data`).
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fedw2v.errors import RunFailed
+from fedw2v.fl.sampling import SeededDraw
 
 NODE_WAIT_S = 600.0  # how long a round waits for enough SuperNodes before the run stops
 COUNT_KEYS = ("utterances", "ref_words", "substitutions", "deletions", "insertions", "ref_chars", "char_errors")
 
 
-class NodeSampler:
+class NodeSampler(SeededDraw):
     """Draws up to ``per_round`` distinct connected node ids per round from a PCG64 generator seeded with ``seed``
     (same interface as `ClientSampler`: ``sample()`` and a JSON-able ``state``)."""
 
     def __init__(self, grid: Any, per_round: int, seed: int, needed: int, report: Callable[[dict], None],
                  wait_s: float = NODE_WAIT_S):
-        import numpy as np
-
+        super().__init__(seed)
         self.grid, self.per_round, self.needed, self.report, self.wait_s = grid, per_round, needed, report, wait_s
-        self._rng = np.random.Generator(np.random.PCG64(seed))
 
     def connected(self) -> list[int]:
         return connected_nodes(self.grid, self.needed, self.report, self.wait_s)
 
     def sample(self) -> list[int]:
-        nodes = self.connected()
-        picked = self._rng.choice(len(nodes), size=min(self.per_round, len(nodes)), replace=False)
-        return sorted(nodes[int(i)] for i in picked)
-
-    @property
-    def state(self) -> dict[str, Any]:
-        return copy.deepcopy(self._rng.bit_generator.state)
-
-    @state.setter
-    def state(self, value: dict[str, Any]) -> None:
-        self._rng.bit_generator.state = copy.deepcopy(value)
+        return self.draw(self.connected(), self.per_round)
 
 
 def connected_nodes(grid: Any, needed: int, report: Callable[[dict], None], wait_s: float = NODE_WAIT_S) -> list[int]:
