@@ -124,29 +124,40 @@ sys.exit(os.waitstatus_to_exitcode(status))
 """
 
 
-def peak_rss_mb(path: Path, threads: int | None, command: list[str] | None = None) -> tuple[float, float]:
-    """(peak RSS in MB, wall seconds) of one ``fedw2v transcribe`` process on ``path`` with the tiny model
-    (or of ``command``), measured apart from this process's own memory."""
+def peak_rss_mb(path: Path, threads: int | None, command: list[str] | None = None, engine: str = "torch",
+                python: str = sys.executable) -> tuple[float, float]:
+    """(peak RSS in MB, wall seconds) of one ``fedw2v transcribe`` process on ``path`` with the packaged tiny
+    model (``tiny-pretrained``: ``tiny`` itself is random weights that only transformers builds) on ``engine``,
+    run by ``python`` (or of ``command``), measured apart from this process's own memory."""
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    command = command or [sys.executable, "-m", "fedw2v.cli", "transcribe", str(path), "--model", "tiny",
-                          "--format", "srt"]
+    command = command or [python, "-m", "fedw2v.cli", "transcribe", str(path), "--model", "tiny-pretrained",
+                          "--format", "srt", "--engine", engine]
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", _MEASURE, *command], capture_output=True, text=True, env=env)
     if out.returncode != 0:
-        raise SystemExit(f"transcribe of {path} failed: {out.stderr[-500:]}")
+        raise SystemExit(f"{' '.join(command[:6])} failed: {out.stderr[-500:]}")
     return int(out.stdout.split()[-1]) / 1024, time.perf_counter() - t0
 
 
-def memory(hours: float, threads: int | None) -> dict:
-    out = {}
+def memory(hours: float, threads: int | None, engines: list[str], python: str = sys.executable) -> dict:
+    """Peak RSS of transcribe for 1 s, 1 min and ``hours`` of 8 kHz silence on each engine, side by side, and
+    the floor: ``import torch`` alone, measured the same way."""
+    floor, _ = peak_rss_mb(Path("."), threads, [python, "-c", "import os, torch; os._exit(0)"])
+    teardown, _ = peak_rss_mb(Path("."), threads, [python, "-c", "import torch"])
+    # (the second exits the ordinary way: with torch's CUDA build, the interpreter's teardown pages CUDA
+    # libraries back in for their static destructors, which `fedw2v transcribe` skips: fedw2v.cli.main)
+    out: dict = {"python": python, "import_torch_mb": round(floor, 1),
+                 "import_torch_and_teardown_mb": round(teardown, 1)}
     with tempfile.TemporaryDirectory() as tmp:
         for label, seconds in (("1 s", 1.0), ("1 min", 60.0), (f"{hours:g} h", hours * 3600)):
             path = Path(tmp) / "silence.wav"
             write_silence(path, seconds)
-            rss, wall = peak_rss_mb(path, threads)
-            out[label] = {"audio_seconds": seconds, "peak_rss_mb": round(rss, 1), "wall_s": round(wall, 1)}
+            for engine in engines:
+                rss, wall = peak_rss_mb(path, threads, engine=engine, python=python)
+                out.setdefault(engine, {})[label] = {"audio_seconds": seconds, "peak_rss_mb": round(rss, 1),
+                                                     "wall_s": round(wall, 1)}
             path.unlink()
     return out
 
@@ -159,14 +170,21 @@ def main() -> None:
     ap.add_argument("--memory", action="store_true", help="also measure transcribe's peak RSS on long audio")
     ap.add_argument("--memory-hours", type=float, default=3.0)
     ap.add_argument("--no-speed", action="store_true", help="only the memory measurement")
+    ap.add_argument("--engines", default="torch,transformers", help="transcribe --engine values to measure")
+    ap.add_argument("--python", default=sys.executable,
+                    help="the interpreter whose fedw2v is measured (e.g. a venv with torch's CPU build)")
     args = ap.parse_args()
     result = {} if args.no_speed else speed(args)
     if args.memory:
-        result["peak_rss"] = memory(args.memory_hours, args.threads)
+        result["peak_rss"] = memory(args.memory_hours, args.threads, args.engines.split(","), args.python)
     print(json.dumps(result, indent=2))
     if "peak_rss" in result:
         m = result["peak_rss"]
-        print("\n| " + " | ".join(f"{k}: {v['peak_rss_mb']:.0f} MB" for k, v in m.items()) + " |", file=sys.stderr)
+        print(f"\nimport torch alone: {m['import_torch_mb']:.0f} MB ({m['import_torch_and_teardown_mb']:.0f} MB "
+              "with the interpreter's teardown)", file=sys.stderr)
+        for engine in args.engines.split(","):
+            print(f"| {engine} | " + " | ".join(f"{v['peak_rss_mb']:,.0f} MB" for v in m[engine].values()) + " |",
+                  file=sys.stderr)
 
 
 def speed(args: argparse.Namespace) -> dict:
@@ -182,7 +200,8 @@ def speed(args: argparse.Namespace) -> dict:
     from fedw2v.audio import load_audio
     from fedw2v.config.decode import DecodeConfig
     from fedw2v.decode import Chunks, Decoder, stitch_stream
-    from fedw2v.model import load_model
+    from fedw2v import plain_model
+    from fedw2v.model import load_model, resolve
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -193,12 +212,15 @@ def speed(args: argparse.Namespace) -> dict:
         asr = pipeline("automatic-speech-recognition", model=str(model_dir), device="cpu", trust_remote_code=False)
         loaded = load_model(str(model_dir))
         dec = Decoder(loaded.model, loaded.processor, "cpu")
+        plain = plain_model.load(resolve(str(model_dir)))
+        dec_plain = Decoder(plain.model, plain.processor, "cpu")
         config = DecodeConfig(decoder="beam", lm=str(make_lm(Path(tmp))), beam_size=50)
         search = beam.for_model(beam.prepare(config), config, loaded)
         runs = {
             "hf-pipeline": lambda: asr({"raw": audio.copy(), "sampling_rate": 16000})["text"],
             "hf-pipeline-chunked": lambda: asr({"raw": audio.copy(), "sampling_rate": 16000}, chunk_length_s=30)["text"],
             "fedw2v": lambda: dec.transcribe(load_audio(wav)).text,
+            "fedw2v-engine-torch": lambda: dec_plain.transcribe(load_audio(wav)).text,
             "fedw2v-one-pass": lambda: dec.transcribe(load_audio(wav), chunk_s=args.seconds + 1).text,
             "fedw2v-beam": lambda: dec.transcribe(load_audio(wav), beam=search).text,
         }
@@ -228,6 +250,9 @@ def speed(args: argparse.Namespace) -> dict:
         "rtf_best": {k: v / args.seconds for k, v in best.items()},
         "ratio_fedw2v_vs_pipeline_best": best["fedw2v"] / best["hf-pipeline"],
         "ratio_fedw2v_vs_pipeline_median": med["fedw2v"] / med["hf-pipeline"],
+        # --engine torch (fedw2v's plain-torch forward pass) against --engine transformers, same Decoder
+        "ratio_engine_torch_vs_transformers_best": best["fedw2v-engine-torch"] / best["fedw2v"],
+        "engine_torch_same_text": texts["fedw2v-engine-torch"] == texts["fedw2v"],
         "ratio_fedw2v_vs_pipeline_chunked_best": best["fedw2v"] / best["hf-pipeline-chunked"],
         # beam search + LM (size 50) against greedy, both through Decoder.transcribe, interleaved
         "ratio_beam_vs_greedy_best": best["fedw2v-beam"] / best["fedw2v"],
@@ -247,7 +272,8 @@ def speed(args: argparse.Namespace) -> dict:
         f"hf-pipeline chunk 30 s {best['hf-pipeline-chunked']:.2f} s | "
         f"fedw2v {best['fedw2v']:.2f} s (RTF {best['fedw2v'] / args.seconds:.3f}) | "
         f"fedw2v one pass {best['fedw2v-one-pass']:.2f} s | fedw2v beam 50 + LM {best['fedw2v-beam']:.2f} s | "
-        f"ratio {result['ratio_fedw2v_vs_pipeline_best']:.2f} | beam / greedy {result['ratio_beam_vs_greedy_best']:.2f} "
+        f"engine torch {best['fedw2v-engine-torch']:.2f} s | ratio {result['ratio_fedw2v_vs_pipeline_best']:.2f} | "
+        f"beam / greedy {result['ratio_beam_vs_greedy_best']:.2f} "
         f"(CPU {result['ratio_beam_vs_greedy_cpu_best']:.2f}; the search alone {best['beam-search-only']:.2f} s) |",
         file=sys.stderr,
     )

@@ -13,7 +13,7 @@
 #   4. `flwr run` of 2 rounds of the `tiny-pretrained` model; the server scores the corpus test split itself
 #      (eval-manifest) and asks every node to score its local test split; run directory WORK_DIR/run;
 #   5. stops every process it started, by PID (and what they started), on exit, success or not.
-# Logs and the SuperNodes' pids: WORK_DIR/logs/. Needs openssl, ssh-keygen and the project's .venv (or fedw2v and flwr on PATH).
+# Logs and the SuperLink's and SuperNodes' pids: WORK_DIR/logs/. Needs openssl, ssh-keygen and the project's .venv (or fedw2v and flwr on PATH).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROJECT=$PWD
@@ -74,6 +74,7 @@ TOML
 setsid flower-superlink --host 127.0.0.1 --port "$PORT" --ssl-ca-certfile "$PKI/ca.crt" --ssl-certfile "$PKI/server.pem" \
     --ssl-keyfile "$PKI/server.key" --enable-supernode-auth > "$LOGS/superlink.log" 2>&1 &
 PIDS+=($!); disown
+echo "${PIDS[0]}" > "$LOGS/superlink.pid"
 for i in $(seq 120); do
   flwr supernode ls deployment > /dev/null 2>&1 && break
   kill -0 "${PIDS[0]}" 2>/dev/null || { echo "the SuperLink exited; see $LOGS/superlink.log" >&2; exit 1; }

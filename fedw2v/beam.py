@@ -316,7 +316,7 @@ def _lexicon_from_arpa(path: Path, vocab: Vocab, shared: dict[str, Any]) -> Path
         shared["notes"].append(f"lexicon from {path}: {len(lines)} words; {len(skipped)} skipped (characters the "
                                f"model lacks, e.g. {', '.join(map(repr, skipped[:3]))})")
     tmp = tempfile.TemporaryDirectory(prefix="fedw2v-lexicon-")
-    shared["tmp"] = tmp  # removed with the search
+    shared["tmp"] = tmp  # removed with the search (when it is freed: `fedw2v transcribe` frees it before it exits)
     shared["lexicon_entries"] = len(lines)
     return write_lines(lines, Path(tmp.name) / LEXICON_FILE)
 

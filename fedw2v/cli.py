@@ -16,7 +16,7 @@ import click
 import typer
 
 from fedw2v import __version__
-from fedw2v.cli_group import ErrorMappingGroup
+from fedw2v.cli_group import EXIT_NOW, ErrorMappingGroup, run_main
 from fedw2v.cli_lm import lm_app
 from fedw2v.cli_options import OutputPath, build, config_or_usage_error, declared
 from fedw2v.config.decode import DecodeConfig
@@ -63,7 +63,7 @@ def _root(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
-    ctx.obj = {"debug": debug}
+    ctx.ensure_object(dict)["debug"] = debug
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -380,19 +380,22 @@ def transcribe(
     from fedw2v import transcribe as tx
     from fedw2v.decode import Decoder
     from fedw2v.device import resolve_device
-    from fedw2v.model import default_source, load_model
+    from fedw2v.model import default_source, resolve
+    from fedw2v.plain_model import load_for_inference
 
     config = build(TranscribeConfig, options)
     decode = build(DecodeConfig, options)
     if out is not None and out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a directory")
     files = beam.prepare(decode)
-    loaded = load_model(model if model else default_source(), allow_pickle=allow_pickle)
-    _say_model(loaded)
+    loaded, engine = load_for_inference(resolve(model) if model else default_source(), config.engine, allow_pickle)
+    _say_model(loaded, f"; forward pass: {engine}")
     search = beam.for_model(files, decode, loaded, say=_say)
     decoder = Decoder(loaded.model, loaded.processor, resolve_device(config.device))
     failed = tx.run(audio, decoder, config, out, str(loaded.source), echo=lambda text: typer.echo(text, nl=False),
                     say=_say, beam=search)
+    del search  # its temporary lexicon (from an ARPA file's words) goes with it, before the process ends early
+    click.get_current_context().ensure_object(dict)[EXIT_NOW] = True  # nothing left to tear down: `run_main`
     if failed:
         raise typer.Exit(1)
 
@@ -475,7 +478,8 @@ def footprint(
 
 
 def main() -> None:
-    app()
+    """The `fedw2v` executable (tests call `app`)."""
+    run_main(app)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,5 +1,6 @@
 """The `fedw2v` command group: the one place where an exception escaping a command becomes one line on stderr and
-an exit code (the mapping itself is `fedw2v.errors`); ``--debug`` or ``FEDW2V_DEBUG=1`` show the traceback."""
+an exit code (the mapping itself is `fedw2v.errors`); ``--debug`` or ``FEDW2V_DEBUG=1`` show the traceback. Also how
+the executable ends (`run_main`)."""
 
 from __future__ import annotations
 
@@ -64,3 +65,32 @@ def _print_error(line: str) -> None:
     from fedw2v.ui.console import err_console
 
     err_console.print(line, markup=False, soft_wrap=True, highlight=False)
+
+
+# Set in the context object by a command that leaves nothing to tear down (transcribe): `run_main` then ends the
+# process with os._exit once the command's output is flushed.
+EXIT_NOW = "exit_now"
+
+
+def run_main(app: Any) -> None:
+    """Run the `fedw2v` app as the executable. After a command that set ``EXIT_NOW``, the process ends without
+    the interpreter's teardown, which with torch's CUDA build pages ~125 MB of CUDA libraries back in for their
+    static destructors: the largest part of a short transcription's peak memory on a CPU (BENCHMARKS.md,
+    "transcribe: memory")."""
+    state: dict = {}
+    try:
+        app(obj=state)
+    except SystemExit as exc:
+        if not state.get(EXIT_NOW):
+            raise
+        exit_now(exc.code)
+
+
+def exit_now(code: object) -> None:
+    """Flush stdout and stderr, then `os._exit` with ``code`` (as `sys.exit` reads it)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
+            pass
+    os._exit(code if isinstance(code, int) else 0 if code is None else 1)

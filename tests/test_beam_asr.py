@@ -123,3 +123,17 @@ def test_without_flashlight_beam_is_exit_3_and_greedy_still_works(tiny_model_dir
     assert "model:" not in res.stderr, "checked before the model is loaded"
     res = subprocess.run(base, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and res.stdout.strip(), res.stderr
+
+
+def test_the_real_process_leaves_no_temporary_lexicon(trained_tiny, lm, sentence_wav, tmp_path):
+    """An ARPA file without a lexicon gets a temporary one from its words; `fedw2v transcribe` ends its process
+    without the interpreter's teardown (`cli_group.run_main`), so the search (and its lexicon) must be freed first."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**__import__("os").environ, "TMPDIR": str(tmp)}
+    out = subprocess.run([sys.executable, "-m", "fedw2v.cli", "transcribe", str(sentence_wav), "--model",
+                          str(trained_tiny[0]), "--decoder", "beam", "--lm", str(lm / "lm.arpa")],
+                         capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "words of the LM" in out.stderr or "lexicon from" in out.stderr, out.stderr
+    assert out.stdout.strip() and list(tmp.iterdir()) == []

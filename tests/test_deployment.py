@@ -55,3 +55,33 @@ def test_deployment_example_runs_two_rounds_with_tls_node_auth_and_the_data_on_t
     log = (work / "logs" / "superlink.log").read_text()
     assert "https://127.0.0.1" in log and "--insecure" not in log
     assert len(list((work / "pki").glob("node-*.key.pub"))) == 3
+
+
+@pytest.mark.timeout(1800)
+def test_a_deployment_run_with_central_dp_clips_noises_and_reports_epsilon(fl_clients, tmp_path):
+    """--dp on the Deployment Engine: the nodes clip their updates (the ClientApp's mod), the server adds the
+    noise and accounts without amplification (it does not know the population: it samples the SuperNodes that
+    are connected), ε per round in metrics.jsonl and config.json."""
+    from fedw2v.privacy import dp
+
+    work = tmp_path / "work"
+    extra = "dp='central' weighting='uniform' dp-noise-multiplier=0.5 dp-clip=0.01"
+    try:
+        out = subprocess.run([str(ROOT / "examples" / "deployment.sh"), str(fl_clients.parent / "manifest.parquet"),
+                              str(work), extra], env=_env(tmp_path / "flwr-home"), capture_output=True, text=True,
+                             timeout=1500)  # fmt: skip
+    finally:
+        deadline = time.monotonic() + 30
+        while _live(FLOWER, str(tmp_path)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    events = runs.read_metrics(work / "run")
+    privacy = [e for e in events if e["event"] == "privacy"]
+    assert [e["round"] for e in privacy] == [1, 2] and all(e["mode"] == "central" for e in privacy)
+    assert [e["epsilon"] for e in privacy] == [pytest.approx(dp.epsilon(0.5, r, 3, 3, 1e-5)) for r in (1, 2)]
+    assert all(e["clipped"] == 3 and e["noise_std"] == pytest.approx(0.5 * 0.01 / 3) for e in privacy)
+    config = runs.read_json(work / "run" / "config.json")
+    summary = config["extra"]["privacy"]
+    assert summary["population"] is None and summary["accounting"] == "none"
+    assert summary["epsilon"] == pytest.approx(privacy[-1]["epsilon"])
+    assert not _live(FLOWER, str(tmp_path))

@@ -169,3 +169,60 @@ def test_a_killed_supernode_and_a_bad_manifest_leave_the_run_going(fl_clients, t
     later = [e for e in events if e["event"] == "fit" and e["round"] > 1 and e["node"] == killed_node]
     assert any(e["error"] is None for e in later), later  # restarted: sampled again and trains
     assert not _live(FLOWER, str(tmp_path))
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process, its process group and every descendant (a machine that dies)."""
+    for child in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split():
+        _kill_tree(int(child))
+    for kill in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+        try:
+            kill()
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+@pytest.mark.timeout(2400)
+def test_a_run_resumes_after_the_superlink_and_the_serverapp_die(fl_clients, tmp_path):
+    """The README's resume promise for a deployment: the SuperLink (and with it the ServerApp it runs) is
+    SIGKILLed after round 1's checkpoint; `flwr run` with resume=true against a new SuperLink (the nodes
+    re-register) continues from LATEST and metrics.jsonl holds every round exactly once."""
+    from tests.test_deployment import _env
+
+    work = tmp_path / "work"
+    run, logs = work / "run", work / "logs"
+    script = [str(ROOT / "examples" / "deployment.sh"), str(fl_clients.parent / "manifest.parquet"), str(work)]
+    first = subprocess.Popen([*script, "rounds=3"], env=_env(tmp_path / "flwr-home"), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for(run, lambda e: e["event"] == "round_start" and e["round"] == 2, first, 900)
+        assert (run / "checkpoints" / "LATEST").read_text().strip() == "round-0001"
+        _kill_tree(int((logs / "superlink.pid").read_text()))
+        out, _ = first.communicate(timeout=300)  # `flwr run` loses its SuperLink; the script stops its nodes
+        assert first.returncode != 0, out[-2000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+        _stop_leftovers(tmp_path)
+    deadline = time.monotonic() + 60
+    while _live(FLOWER, str(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _live(FLOWER, str(tmp_path)), "the first half left a Flower process running"
+    before = [e["round"] for e in _events(run) if e["event"] == "round_end"]
+    assert before[:2] == [0, 1] and before[-1] < 3
+    try:  # a new SuperLink on another port: its state (and the registered keys) were in memory
+        second = subprocess.run([*script, "rounds=3 resume=true"], env=_env(tmp_path / "flwr-home"),
+                                capture_output=True, text=True, timeout=1500)
+    finally:
+        _stop_leftovers(tmp_path)
+    assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
+    events = _events(run)
+    for kind in ("round_start", "round_end"):  # each round exactly once: what followed LATEST was dropped
+        assert [e["round"] for e in events if e["event"] == kind] == [0, 1, 2, 3], kind
+    log = (logs / "flwr-run.log").read_text()  # the second `flwr run --stream`, as the operator reads it
+    assert f"fedw2v: resumed from checkpoint round {before[-1]}" in log and "fedw2v: round 3 done" in log
+    assert "fedw2v: round 1 done" not in log
+    fits = [(e["round"], e["client"]) for e in events if e["event"] == "fit"]
+    assert len(fits) == len(set(fits)) == 9 and {r for r, _ in fits} == {1, 2, 3}
+    assert (run / "checkpoints" / "LATEST").read_text().strip() == "round-0003"
+    assert not _live(FLOWER, str(tmp_path))

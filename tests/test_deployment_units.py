@@ -233,3 +233,27 @@ def test_a_node_refuses_model_files_from_the_server_that_name_custom_code():
     config = {"model_type": "wav2vec2", "auto_map": {"AutoConfig": "evil.EvilConfig"}}
     with pytest.raises(InputError, match="auto_map"):
         build_model({"config.json": json.dumps(config), "evil.py": "open('/tmp/pwned', 'w')"}, None)
+
+
+def test_a_flwr_run_logs_resume_rounds_and_warnings_for_the_operator():
+    """`flwr run --stream` shows what the ServerApp reports (the module-level app's reporter)."""
+    import logging
+
+    from fedw2v.fl import server_app
+
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger("flwr")
+    logger.addHandler(handler)
+    try:
+        server_app.log_event({"event": "resume", "from_round": 4, "dropped_events": 7})
+        server_app.log_event({"event": "round_end", "round": 5, "checkpoint": "round-0005", "best_wer": 0.25,
+                              "best_round": 3})
+        server_app.log_event({"event": "warning", "message": "careful"})
+        server_app.log_event({"event": "fit", "round": 5})
+    finally:
+        logger.removeHandler(handler)
+    assert lines == ["fedw2v: resumed from checkpoint round 4 (7 events logged after it dropped)",
+                     "fedw2v: round 5 done, checkpoint round-0005; best WER so far 25.00% (round 3)",
+                     "fedw2v: careful"]

@@ -40,15 +40,18 @@ def _uniform(ids):
 # ----------------------------------------------------------------------------------------- the client mod
 
 
-def _message(arrays, config):
-    """A training message as the server sends it (Flower's Message, one ArrayRecord and one ConfigRecord)."""
+def _message(arrays, config, shipped=False):
+    """A training message as the server sends it (Flower's Message, one ArrayRecord and one ConfigRecord; with
+    ``shipped``, also the model's files and frozen weights, as a SuperNode or a Ray-cluster worker gets it)."""
     from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
     from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.supercore.task_identity import TaskIdentity
 
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
     record = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
-    msg = Message(RecordDict({"arrays": record, "config": ConfigRecord(config)}), dst_node_id=1,
+    extra = {"model": ConfigRecord({"config.json": "{}"}),
+             "frozen": ArrayRecord({"f": Array(np.zeros(3, np.float32))})} if shipped else {}
+    msg = Message(RecordDict({"arrays": record, "config": ConfigRecord(config), **extra}), dst_node_id=1,
                   message_type=MessageType.TRAIN)
     msg.metadata.__dict__["_message_id"] = "m1"  # as a grid sets it
     return msg
@@ -71,11 +74,11 @@ def _dp_keys(mode, z, clip, seed=0, round_=1, client=3):
             "dp-noise-seed": seed, "round": round_, "client-id": client}
 
 
-def _run_mod(global_arrays, trained, keys, error=""):
+def _run_mod(global_arrays, trained, keys, error="", shipped=False):
     from flwr.app import Context, RecordDict
 
     ctx = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
-    out = privacy_mod(_message(global_arrays, keys), ctx, _reply_with(trained, error))
+    out = privacy_mod(_message(global_arrays, keys, shipped), ctx, _reply_with(trained, error))
     assert not out.has_error(), out.error
     return out.content
 
@@ -139,6 +142,20 @@ def test_local_dp_noises_each_update_with_std_z_c_after_clipping():
     assert np.array_equal(sent, again) and not np.array_equal(sent, other)  # a stream per (seed, round, client)
     fresh = [_run_mod(g, w, _dp_keys("local", 0.3, 1.0, seed=0))["arrays"]["a"].numpy() for _ in range(2)]
     assert not np.array_equal(*fresh)  # seed 0: the operating system's entropy
+
+
+@pytest.mark.parametrize("mode", ["central", "local"])
+def test_the_mod_clips_a_message_that_also_ships_the_model(mode):
+    """A SuperNode's (or Ray-cluster worker's) training message also carries the model files and frozen weights;
+    Flower's mods, which want exactly one ArrayRecord, see the weights and the job only, and clip the same."""
+    rng = np.random.default_rng(1)
+    g = {"a": rng.normal(size=1000).astype(np.float32)}
+    w = {"a": g["a"] + rng.normal(size=1000).astype(np.float32)}  # norm ~32: clipped to 1
+    plain = _run_mod(g, w, _dp_keys(mode, 0.5, 1.0, seed=7))["arrays"]["a"].numpy()
+    shipped = _run_mod(g, w, _dp_keys(mode, 0.5, 1.0, seed=7), shipped=True)["arrays"]["a"].numpy()
+    assert np.array_equal(plain, shipped)
+    if mode == "central":
+        assert _norm({"a": shipped}, g) == pytest.approx(1.0, rel=1e-4)
 
 
 def test_the_mod_passes_failures_and_dp_off_through_untouched():
@@ -222,6 +239,28 @@ def test_the_budget_check_uses_the_accountants_projection():
     with pytest.raises(dp.PrivacyBudgetExhausted, match=r"round 3 would raise ε above --dp-max-epsilon .*stopped "
                                                         r"at checkpoint round 2"):
         server.check_budget(3, [0, 1, 2, 3], 2)
+
+
+@pytest.mark.parametrize("mode", ["central", "local"])
+def test_a_deployment_server_without_a_population_accounts_without_amplification(mode):
+    """A deployment run has no clients manifest: the server samples the SuperNodes that are connected and does
+    not know the population. Without amplification ε does not depend on it, so the run accounts as usual (Flower's
+    accountant refused a population of 0: every --dp deployment run failed at its first release)."""
+    known = dp.DpServer(_config(dp=mode, dp_noise_multiplier=1.5), population=50)
+    unknown = dp.DpServer(replace(_config(dp=mode, dp_noise_multiplier=1.5, dp_max_epsilon=1e6),
+                                  clients_manifest="", eval_manifest="e"), population=0)
+    g = {"a": np.zeros(10, np.float32)}
+    for r in (1, 2):
+        unknown.check_budget(r, [0, 1, 2, 3], r - 1)
+        for server in (known, unknown):
+            ups = {c: {"a": np.ones(10, np.float32)} for c in range(4)}
+            inputs, mix = server.prepare(r, g, ups, _uniform(ups), 4)
+            event = server.release(r, weighted_average(inputs, mix))
+        assert event["epsilon"] == pytest.approx(known.epsilon()) and event["epsilon"] > 0
+    assert unknown.summary()["population"] is None and known.summary()["population"] == 50
+    with pytest.raises(ValueError, match="--dp-accounting sampled needs the population sampled from"):
+        SimulateConfig(clients_manifest="", eval_manifest="e", run_dir="r", dp="central", dp_accounting="sampled",
+                       weighting="uniform")
 
 
 def test_the_state_round_trips_through_json():

@@ -462,7 +462,8 @@ def test_ctrl_c_prints_interrupted_and_exits_130(tmp_path):
     if not (shutil.which("flite") or shutil.which("espeak-ng")):
         pytest.skip("needs flite or espeak-ng")
     # short talks: synth finishes the talks it is synthesising before it stops (about a talk's time)
-    proc = subprocess.Popen([EXE, "synth", str(tmp_path / "c"), "--speakers", "10", "--minutes", "10"],
+    # (60 minutes: on a quiet machine 10 took 3 s, and synth had ended before the signal)
+    proc = subprocess.Popen([EXE, "synth", str(tmp_path / "c"), "--speakers", "30", "--minutes", "60"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path),
                             start_new_session=True)
     time.sleep(4)  # well into synthesis

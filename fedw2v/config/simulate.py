@@ -177,6 +177,9 @@ class SimulateConfig:
             (self.dp_accounting == "none" or dp == "central",
              "--dp-accounting sampled applies to --dp central only (under local DP the server sees who sent: "
              "sampling hides nothing)"),
+            (self.dp_accounting != "sampled" or bool(self.clients_manifest),
+             "--dp-accounting sampled needs the population sampled from (the clients manifest); a deployment "
+             "server samples the SuperNodes that are connected and does not know it: use --dp-accounting none"),
             (dp == "off" or self.weighting == "uniform",
              f"--dp {dp} needs --weighting uniform, not {self.weighting}: Flower's privacy accountant assumes equal "
              "client weights (a larger weight lets one client move the average by more than C/n)"),

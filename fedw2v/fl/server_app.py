@@ -466,4 +466,23 @@ def make_server_app(reporter: Reporter | None = None, outcome: Outcome | None = 
     return app
 
 
-app = make_server_app()
+def log_event(event: dict) -> None:
+    """The reporter of a `flwr run` (Deployment Engine, or a SuperLink's simulation): what the operator reads
+    in ``flwr run --stream`` — a resume, each round's end with its scores, warnings — through Flower's logger."""
+    from logging import INFO, WARNING
+
+    from flwr.common.logger import log
+
+    kind = event.get("event")
+    if kind == "resume":
+        log(INFO, "fedw2v: resumed from checkpoint round %s (%s events logged after it dropped)",
+            event["from_round"], event["dropped_events"])
+    elif kind == "round_end":
+        best = event.get("best_wer")
+        log(INFO, "fedw2v: round %s done, checkpoint %s%s", event["round"], event.get("checkpoint"),
+            f"; best WER so far {100 * best:.2f}% (round {event.get('best_round')})" if best is not None else "")
+    elif kind == "warning":
+        log(WARNING, "fedw2v: %s", event.get("message"))
+
+
+app = make_server_app(log_event)

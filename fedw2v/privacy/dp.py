@@ -143,7 +143,10 @@ class DpServer:
         self.config = config
         self.mode = config.dp
         self.enabled = config.dp != "off"
-        self.population = population
+        self.population = population  # 0: unknown (a deployment server samples the SuperNodes connected)
+        # Flower's accountant wants a population >= each sample even where ε does not depend on it (no
+        # amplification, which is all a run without a known population may use: SimulateConfig refuses 'sampled')
+        self._acc_population = population or max(1, config.clients_per_round)
         self.rng = fresh_rng_state(config.dp_noise_seed, SERVER_NOISE) if self.mode == "central" else {}
         self.counts: dict[int, int] = {}  # local: releases per client
         self.history: list[dict[str, Any]] = []  # {"round", "epsilon"} per aggregated round
@@ -173,7 +176,7 @@ class DpServer:
         else:
             acc, size = self._local_accountant(max((self.counts.get(k, 0) for k in clients), default=0)), 1
         event = GaussianPrivacyEvent(accountant_noise(c.dp_noise_multiplier, c.dp_accounting, self.mode), size,
-                                     self.population)
+                                     self._acc_population)
         if acc.would_exceed(event, max_epsilon=c.dp_max_epsilon):
             raise PrivacyBudgetExhausted(
                 f"round {round_} would raise ε above --dp-max-epsilon {c.dp_max_epsilon:g} (δ {c.dp_delta:g}; ε is "
@@ -227,7 +230,7 @@ class DpServer:
                 from flwr.serverapp import GaussianPrivacyEvent
 
                 noise = accountant_noise(c.dp_noise_multiplier, c.dp_accounting)
-                self.accountant().compose(GaussianPrivacyEvent(noise, pending["sampled"], self.population))
+                self.accountant().compose(GaussianPrivacyEvent(noise, pending["sampled"], self._acc_population))
             event["accounting"] = c.dp_accounting
         else:
             event["noise_std"] = c.dp_noise_multiplier * c.dp_clip  # added by each client
@@ -262,16 +265,16 @@ class DpServer:
             from flwr.serverapp import RdpAccountant
 
             c = self.config
-            self._accountant = RdpAccountant(privacy_config(c.dp_delta, self.population, c.dp_accounting))
+            self._accountant = RdpAccountant(privacy_config(c.dp_delta, self._acc_population, c.dp_accounting))
         return self._accountant
 
     def _local_accountant(self, releases: int) -> Any:
         from flwr.serverapp import GaussianPrivacyEvent, RdpAccountant
 
-        acc = RdpAccountant(privacy_config(self.config.dp_delta, self.population, "none"))
+        acc = RdpAccountant(privacy_config(self.config.dp_delta, self._acc_population, "none"))
         if releases:
             noise = accountant_noise(self.config.dp_noise_multiplier, "none", "local")
-            acc.compose(GaussianPrivacyEvent(noise, 1, self.population), releases)
+            acc.compose(GaussianPrivacyEvent(noise, 1, self._acc_population), releases)
         return acc
 
     def epsilon(self) -> float:
@@ -280,7 +283,7 @@ class DpServer:
         if not self.enabled:
             return math.inf
         if self.mode == "local":
-            return epsilon(c.dp_noise_multiplier, max(self.counts.values(), default=0), 1, self.population,
+            return epsilon(c.dp_noise_multiplier, max(self.counts.values(), default=0), 1, self._acc_population,
                            c.dp_delta, mode="local")
         if c.dp_noise_multiplier == 0:
             return math.inf if self.history else 0.0
@@ -293,7 +296,7 @@ class DpServer:
         c, eps = self.config, self.epsilon()
         return {"mode": c.dp, "noise_multiplier": c.dp_noise_multiplier, "clip": c.dp_clip, "delta": c.dp_delta,
                 "accounting": c.dp_accounting if c.dp == "central" else "per client, no amplification",
-                "population": self.population, "clients_per_round": c.clients_per_round,
+                "population": self.population or None, "clients_per_round": c.clients_per_round,
                 "rounds_released": len(self.history), "epsilon": None if math.isinf(eps) else eps,
                 "epsilon_infinite": math.isinf(eps)}
 

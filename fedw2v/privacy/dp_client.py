@@ -7,7 +7,10 @@ std z·C added to every weight: `privacy.dp.local_round_epsilon` picks the ε th
 passes the message through. Training runs first, outside the noise generator; only Flower's mod runs on it, so
 the noise comes from `privacy.dp.fresh_rng_state` — the operating system's entropy, or (``dp-noise-seed``, for
 reproducible experiments only) a stream derived from (seed, round, client). A reply that reports a training
-failure is returned as it is (Flower's mods would replace its error by theirs).
+failure is returned as it is (Flower's mods would replace its error by theirs). Flower's mods want a message of
+exactly one ArrayRecord and one ConfigRecord; a message to a SuperNode or a Ray-cluster worker also carries the
+model's files and frozen weights (`fl.nodes`, `--ray-address`), so the mods see the message without them
+(`_weights_and_config`).
 """
 
 from __future__ import annotations
@@ -38,9 +41,21 @@ def privacy_mod(msg: Any, context: Any, call_next: Any) -> Any:
         mod = LocalDpMod(clip, 2 * clip, local_round_epsilon(z, delta), delta)
     try:
         with global_rng(state):
-            return mod(msg, context, lambda m, c: reply)
+            return mod(_weights_and_config(msg), context, lambda m, c: reply)
     except ZeroDivisionError:  # Flower's clipping divides by the update's norm: the update is zero (lr 0)
         return reply if mode == "central" else _noise_only(reply, z * clip, state)
+
+
+def _weights_and_config(msg: Any) -> Any:
+    """The training message as Flower's DP mods read it: the global weights ("arrays") and the job ("config")
+    only, not the model files and frozen weights shipped beside them."""
+    from flwr.app import Message, RecordDict
+
+    content = msg.content
+    if len(content.array_records) == 1 and len(content.config_records) == 1:
+        return msg
+    return Message(content=RecordDict({"arrays": content["arrays"], "config": content["config"]}),
+                   metadata=msg.metadata)
 
 
 def _failed(reply: Any) -> bool:
