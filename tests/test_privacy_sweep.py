@@ -58,3 +58,14 @@ def test_a_run_without_its_footprint_report_is_one_line_and_exit_2(tmp_path, cap
     assert sweep.main([str(run), "--plot", str(tmp_path / "p.png")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no footprint.json" in err and not (tmp_path / "p.png").exists()
+
+
+def test_plot_labels_of_nearby_points_do_not_sit_on_each_other():
+    from fedw2v.plots import _label_offsets
+
+    points = [{"cer": 36.0, "eer": 27.8, "label": "no DP"}, {"cer": 36.5, "eer": 28.5, "label": "local z 0.003, ε 1e6"},
+              {"cer": 36.9, "eer": 27.0, "label": "central z 0.003, ε 4e5"}, {"cer": 98.0, "eer": 44.4,
+              "label": "central z 1, ε 13.8"}, {"cer": 60.0, "eer": 10.0, "label": "alone"}]  # fmt: skip
+    offsets = _label_offsets(points)
+    assert len({dy for _, dy, _ in offsets[:3]}) == 3  # three labels of one cluster: three heights
+    assert offsets[3] == (-6, 4, "right") and offsets[4] == (5, 4, "left")  # the right edge's label goes left

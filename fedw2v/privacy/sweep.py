@@ -90,7 +90,7 @@ def plot(rows: list[SweepRow], path: str | Path) -> Path:
     from fedw2v.plots import privacy_utility
 
     points = [{"mode": r.mode, "cer": r.cer, "eer": r.eer, "eer_ci": r.eer_ci,
-               "label": "no DP" if r.mode == "off" else f"z {r.z:g}, ε {r.epsilon_text}"} for r in rows]
+               "label": "no DP" if r.mode == "off" else f"{r.mode} z {r.z:g}, ε {r.epsilon_text}"} for r in rows]
     delta = next((r.delta for r in rows if r.delta), None)
     title = "footprint EER against CER" + (f" (ε at δ {delta:g})" if delta else "")
     return privacy_utility(points, path, title=title)
