@@ -147,7 +147,7 @@ def memory(hours: float, threads: int | None, engines: list[str], python: str = 
     floor, _ = peak_rss_mb(Path("."), threads, [python, "-c", "import os, torch; os._exit(0)"])
     teardown, _ = peak_rss_mb(Path("."), threads, [python, "-c", "import torch"])
     # (the second exits the ordinary way: with torch's CUDA build, the interpreter's teardown pages CUDA
-    # libraries back in for their static destructors, which `fedw2v transcribe` skips: fedw2v.cli.main)
+    # libraries back in for their static destructors, which `fedw2v transcribe` skips: cli_group.run_main)
     out: dict = {"python": python, "import_torch_mb": round(floor, 1),
                  "import_torch_and_teardown_mb": round(teardown, 1)}
     with tempfile.TemporaryDirectory() as tmp:

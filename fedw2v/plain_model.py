@@ -17,7 +17,6 @@ Weights are read from safetensors only, and nothing from the directory is ever e
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -99,35 +98,27 @@ def config_problem(data: dict[str, Any]) -> str | None:
     return None
 
 
-def _read_json(path: Path, required: bool = True) -> dict[str, Any]:
-    if not path.is_file():
-        if required:
-            raise InputError(f"{path}: missing")
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise InputError(f"{path}: not readable JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: is JSON but not an object ({type(data).__name__})")
-    return data
-
-
 def unsupported(source: ModelSource) -> str | None:
-    """Why ``source`` cannot run on the plain forward pass (the reason, in words), or None when it can."""
+    """Why ``source`` cannot run on the plain forward pass (the reason, in words), or None when it can. A local
+    directory's JSON files are checked first, as the transformers path checks them (`model.refuse_custom_code`:
+    InputError, in one line, for one that is not a JSON object or names code to run)."""
+    from fedw2v.model import refuse_custom_code
+    from fedw2v.runs import read_json
+
     if source.random_init:
         return "the random-init preset is built by transformers"
     if source.kind == "hub":
         return "a hub id (only local model directories)"
     directory = Path(source.location)
+    refuse_custom_code(directory)
     if not (directory / WEIGHTS).is_file():
         return f"no single {WEIGHTS} (sharded or pickled weights)"
-    vocab = _read_json(directory / "vocab.json", required=False)
+    vocab = read_json(directory / "vocab.json") if (directory / "vocab.json").is_file() else {}
     if not vocab or not all(isinstance(v, int) for v in vocab.values()):
         return "no flat vocab.json (a tokenizer this engine reads)"
     if not (directory / "preprocessor_config.json").is_file():
         return "no preprocessor_config.json"
-    return config_problem(_read_json(directory / "config.json"))
+    return config_problem(read_json(directory / "config.json"))
 
 
 class Output(NamedTuple):
@@ -292,11 +283,13 @@ class PlainWav2Vec2ForCTC:
         its GroupNorm normalises with), from blocks of that layer's frames, accumulated in float64."""
         import torch
 
+        from fedw2v.model import hop_samples
+
         conv = self.net.wav2vec2.feature_extractor.conv_layers[0].conv
         k, s = self.config.conv_kernel[0], self.config.conv_stride[0]
         count = (audio.shape[-1] - k) // s + 1
         total = torch.zeros(2, conv.out_channels, dtype=torch.float64)
-        step = BLOCK_FRAMES * _hop(self.config) // s
+        step = BLOCK_FRAMES * hop_samples(self.config) // s
         for a in range(0, count, step):
             y = conv(audio[None, None, a * s : (min(count, a + step) - 1) * s + k])[0].double()
             total += torch.stack((y.sum(-1), (y * y).sum(-1)))
@@ -340,12 +333,6 @@ class PlainWav2Vec2ForCTC:
         return ff.output_dense(self._act(ff.intermediate_dense(x)))
 
 
-def _hop(config: PlainConfig) -> int:
-    from fedw2v.model import hop_samples
-
-    return hop_samples(config)
-
-
 def _state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The safetensors weights, float32, with the position conv's weight norm folded into one weight (as
     ``torch.nn.utils.parametrizations.weight_norm(dim=2)`` computes it) and unused heads dropped."""
@@ -366,13 +353,14 @@ def _state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load(source: ModelSource) -> LoadedModel:
-    """The model directory of ``source`` on the plain forward pass (call `unsupported` first). InputError when
-    its weights do not match its config (a missing or unexpected tensor, a wrong shape), naming the file."""
-    from fedw2v.model import LoadedModel, refuse_custom_code
+    """The model directory of ``source`` on the plain forward pass (one that `unsupported` accepted: its JSON
+    files checked). InputError when its weights do not match its config (a missing or unexpected tensor, a wrong
+    shape), naming the file."""
+    from fedw2v.model import LoadedModel
+    from fedw2v.runs import read_json
 
     directory = Path(source.location)
-    refuse_custom_code(directory)
-    config = PlainConfig.from_dict(_read_json(directory / "config.json"))
+    config = PlainConfig.from_dict(read_json(directory / "config.json"))
     weights = _state_dict(directory / WEIGHTS)
     try:
         model = PlainWav2Vec2ForCTC(config, weights)
@@ -414,8 +402,11 @@ class PlainTokenizer:
 
     @classmethod
     def from_dir(cls, directory: Path) -> PlainTokenizer:
-        vocab = _read_json(directory / "vocab.json")
-        extra = _read_json(directory / "tokenizer_config.json", required=False)
+        from fedw2v.runs import read_json
+
+        vocab = read_json(directory / "vocab.json")
+        extra_path = directory / "tokenizer_config.json"
+        extra = read_json(extra_path) if extra_path.is_file() else {}
         names = {k: extra[k] for k in ("pad_token", "unk_token", "word_delimiter_token")
                  if isinstance(extra.get(k), str)}
         tokenizer = cls(dict(vocab), **names)
@@ -442,7 +433,9 @@ class PlainFeatureExtractor:
 
     @classmethod
     def from_dir(cls, directory: Path) -> PlainFeatureExtractor:
-        data = _read_json(directory / "preprocessor_config.json")
+        from fedw2v.runs import read_json
+
+        data = read_json(directory / "preprocessor_config.json")
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
     def __call__(self, audios: list[np.ndarray], sampling_rate: int, padding: bool = True, return_tensors: str = "pt",

@@ -31,20 +31,21 @@ def _start(args: list[str], log: Path, env: dict) -> subprocess.Popen:
     return subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process, its process group and every descendant (a machine that dies)."""
+    for child in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split():
+        _kill_tree(int(child))
+    for kill in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+        try:
+            kill()
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 def _stop(procs: list[subprocess.Popen]) -> None:
     """Every process started here and everything it started (each has its own process group)."""
     for p in procs:
-        members = subprocess.run(["pgrep", "-g", str(p.pid)], capture_output=True, text=True).stdout.split()
-        for pid in members:  # a child that made its own session (flower-superexec) is still a child
-            for child in subprocess.run(["pgrep", "-P", pid], capture_output=True, text=True).stdout.split():
-                try:
-                    os.kill(int(child), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _kill_tree(p.pid)  # a child that made its own session (flower-superexec) is still a descendant
         p.wait(timeout=30)
 
 
@@ -116,16 +117,7 @@ def _stop_leftovers(tmp_path: Path) -> None:
     """After a failed run: every Flower process this test started (their command lines name its tmp_path),
     and their children, by pid."""
     for line in _live(FLOWER + ("bin/flwr ",), str(tmp_path)):
-        pid = int(line.split()[0])
-        for child in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split():
-            try:
-                os.kill(int(child), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _kill_tree(int(line.split()[0]))
 
 
 @pytest.mark.timeout(1800)
@@ -170,16 +162,6 @@ def test_a_killed_supernode_and_a_bad_manifest_leave_the_run_going(fl_clients, t
     assert any(e["error"] is None for e in later), later  # restarted: sampled again and trains
     assert not _live(FLOWER, str(tmp_path))
 
-
-def _kill_tree(pid: int) -> None:
-    """SIGKILL a process, its process group and every descendant (a machine that dies)."""
-    for child in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split():
-        _kill_tree(int(child))
-    for kill in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
-        try:
-            kill()
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 @pytest.mark.timeout(2400)
