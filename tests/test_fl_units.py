@@ -94,6 +94,19 @@ def test_live_display_shows_round_clients_last_wer_elapsed_and_eta():
         console.export_text())  # without a terminal: one line per round
 
 
+def test_live_display_shows_epsilon_once_a_dp_round_is_released():
+    """Issue 13: ε at δ in the live line after every DP round (∞ when metrics.jsonl writes None, z = 0)."""
+    from rich.console import Console
+
+    display = RunDisplay(3, Console(record=True, width=200), live=False)
+    display({"event": "round_start", "round": 1, "clients": [1, 2]})
+    assert "ε" not in display.status()  # no DP round released yet (and none at all with --dp off)
+    display({"event": "privacy", "round": 1, "epsilon": 3.2149, "delta": 1e-5})
+    assert " · ε 3.21 (δ 1e-05) · elapsed " in display.status()
+    display({"event": "privacy", "round": 2, "epsilon": None, "delta": 1e-5})
+    assert " · ε ∞ (δ 1e-05) · " in display.status()
+
+
 def test_simulate_refuses_bf16_on_a_cpu_without_bf16_before_anything_starts(tmp_path, monkeypatch):
     from fedw2v.errors import EnvironmentProblem
     from fedw2v.fl import simulate as sim
