@@ -17,12 +17,14 @@ process, alternating (fedw2v first in odd repeats, Trainer first in even ones):
 Before the timed runs of each model and thread count, one untimed step of each side warms up the allocator and
 oneDNN.
 
-Models: ``tiny-pretrained`` (the demo's packaged model) and ``base`` (wav2vec2-base's architecture, 95M
+Models: ``tiny-pretrained`` (the demo's packaged model), ``base`` (wav2vec2-base's architecture, 95M
 parameters, random init, CTC head over the texts' characters; trained on the first ``--base-utterances``
-utterances for ``--base-epochs``: it is ~25x slower). Precisions: fp32 (and bf16 autocast with
+utterances for ``--base-epochs``: it is ~25x slower) and ``base-lv60`` (the same size in the layout of
+wav2vec2-large-lv60, the paper's model: layer-norm feature encoder, pre-LN transformer). Precisions: fp32 (and bf16 autocast with
 ``--precisions fp32,bf16``: fedw2v's ``--precision bf16``, Trainer's ``bf16=True``). Reported per run:
 utterances per second, audio seconds per second, the fraction of padded input samples, and the throughput
-ratio against Trainer fp32 in the same repeat (median over repeats).
+ratio against Trainer fp32 in the same repeat (median over repeats). ``--sides fedw2v,fedw2v-convs,trainer``
+adds fedw2v with transformers' convolutional feature encoder (``--no-gemm-feature-encoder``) as a third side.
 
     .venv/bin/python benchmarks/local_train.py [--manifest demo/clients.parquet] [--threads 1,2] [--repeat 2]
         [--models tiny-pretrained,base] [--precisions fp32,bf16] [--json out.json]
@@ -73,7 +75,8 @@ def main() -> None:
     ap.add_argument("--max-utterances", type=int, default=0, help="use only the first N utterances (0: all)")
     ap.add_argument("--base-utterances", type=int, default=48)
     ap.add_argument("--base-epochs", type=int, default=1)
-    ap.add_argument("--sides", default="fedw2v,trainer", help="what to run (%(default)s)")
+    ap.add_argument("--sides", default="fedw2v,trainer",
+                    help="what to run (%(default)s; fedw2v-convs: fedw2v with --no-gemm-feature-encoder)")
     ap.add_argument("--trainer-optim", default="adamw_torch_fused")
     ap.add_argument("--profile", action="store_true", help="phases of one fedw2v epoch instead (see above)")
     ap.add_argument("--json", type=Path, help="also write the results here")
@@ -135,12 +138,15 @@ def make_setup(name: str, utts: list, args) -> Setup:
     from fedw2v.model import build_processor, load_model, with_ctc_head
     from fedw2v.text import character_vocabulary
 
-    if name == "base":
+    if name in ("base", "base-lv60"):
         from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
         utts = utts[: args.base_utterances]
         vocab = character_vocabulary(u.text for u in utts)
-        config = with_ctc_head(Wav2Vec2Config(), len(vocab))  # wav2vec2-base's architecture
+        # wav2vec2-base's architecture; base-lv60: at the same size, the layout of wav2vec2-large-lv60 (the paper's
+        # model): a layer-norm feature encoder with conv biases and a pre-LN transformer
+        lv60 = dict(feat_extract_norm="layer", conv_bias=True, do_stable_layer_norm=True) if "lv60" in name else {}
+        config = with_ctc_head(Wav2Vec2Config(**lv60), len(vocab))
         torch.manual_seed(0)
         model, processor, epochs = Wav2Vec2ForCTC(config), build_processor(vocab, config), args.base_epochs
     else:
@@ -153,8 +159,8 @@ def make_setup(name: str, utts: list, args) -> Setup:
 def run_one(side: str, precision: str, setup: Setup, args, max_steps: int | None = None) -> dict:
     model = copy.deepcopy(setup.model)
     cpu = time.process_time()
-    if side == "fedw2v":
-        seconds, padded = run_fedw2v(model, precision, setup, args, max_steps)
+    if side.startswith("fedw2v"):  # fedw2v, or fedw2v-convs: with transformers' feature encoder
+        seconds, padded = run_fedw2v(model, precision, setup, args, max_steps, gemm=side == "fedw2v")
     else:
         seconds, padded = run_trainer(model, precision, setup, args, max_steps)
     cpu = time.process_time() - cpu
@@ -165,20 +171,21 @@ def run_one(side: str, precision: str, setup: Setup, args, max_steps: int | None
             "padded_fraction": round(padded, 4)}
 
 
-def fedw2v_config(precision: str, setup: Setup, args, max_steps: int | None = None):
+def fedw2v_config(precision: str, setup: Setup, args, max_steps: int | None = None, gemm: bool = True):
     from fedw2v.config.train import TrainConfig
 
     longest = max(u.duration for u in setup.utterances)
     return TrainConfig(epochs=setup.epochs, max_batch_size=args.batch, max_batch_seconds=args.batch * longest + 1,
                        optimizer="adamw", lr_encoder=args.lr, lr_head=args.lr, newbob=False, clip_norm=5.0,
-                       precision=precision, device="cpu", seed=0, max_steps=max_steps)
+                       precision=precision, device="cpu", seed=0, max_steps=max_steps, gemm_feature_encoder=gemm)
 
 
-def run_fedw2v(model, precision: str, setup: Setup, args, max_steps: int | None = None) -> tuple[float, float]:
+def run_fedw2v(model, precision: str, setup: Setup, args, max_steps: int | None = None,
+               gemm: bool = True) -> tuple[float, float]:
     from fedw2v.batching import bucket_batches
     from fedw2v.train import local_train
 
-    config = fedw2v_config(precision, setup, args, max_steps)
+    config = fedw2v_config(precision, setup, args, max_steps, gemm)
     t = time.perf_counter()
     metrics = local_train(model, setup.processor, setup.utterances, config)
     seconds = time.perf_counter() - t
@@ -239,10 +246,11 @@ def profile(setup: Setup, precision: str, args, op_batches: int = 6) -> str:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from fedw2v.train import Stepper, train_loader
+    from fedw2v.train import Stepper, train_loader, use_gemm_feature_encoder
 
     model = copy.deepcopy(setup.model)
     config = fedw2v_config(precision, setup, args)
+    use_gemm_feature_encoder(model, config.gemm_feature_encoder)
     torch.set_flush_denormal(True)
     phases = dict.fromkeys(("audio read + labels", "collation", "forward", "backward", "clip + optimizer"), 0.0)
     t = time.process_time()

@@ -160,6 +160,22 @@ def set_feature_encoder_frozen(model: Any, frozen: bool) -> None:
     encoder._requires_grad = not frozen
 
 
+def use_gemm_feature_encoder(model: Any, on: bool) -> None:
+    """`fedw2v.feature_encoder`'s matrix-product feature encoder in ``model`` (on), or transformers' (off)."""
+    from fedw2v import feature_encoder
+
+    feature_encoder.install(model) if on else feature_encoder.uninstall(model)
+
+
+def _prepare_model(model: Any, config: TrainConfig, device: str) -> None:
+    """``model`` on ``device`` with the feature encoder, its freezing and checkpointing that ``config`` asks for."""
+    cuda = device.startswith("cuda")
+    model.to(device)
+    use_gemm_feature_encoder(model, not cuda and config.gemm_feature_encoder)
+    set_feature_encoder_frozen(model, config.freeze_feature_encoder)
+    _set_checkpointing(model, cuda and config.gradient_checkpointing)
+
+
 def _set_checkpointing(model: Any, on: bool) -> None:
     """Gradient (activation) checkpointing on or off, whatever a previous call left."""
     active = any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
@@ -324,9 +340,7 @@ def local_train(
         metrics.seconds = time.perf_counter() - t0
         return metrics
     dev_kept = filter_by_duration(dev, config.min_seconds, config.max_seconds)[0] if dev else []
-    model.to(device)
-    set_feature_encoder_frozen(model, config.freeze_feature_encoder)
-    _set_checkpointing(model, cuda and config.gradient_checkpointing)
+    _prepare_model(model, config, device)
     loader, sampler = train_loader(model, processor, kept, config, pin_memory=cuda)
     run = _Run(model, processor, loader, sampler, Stepper(model, config, device, precision), metrics, config,
                device, dev_kept, t0, progress)

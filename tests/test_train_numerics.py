@@ -1,6 +1,6 @@
-"""What local training computes: the fp32 default bit for bit as the loop before its split and speed work (the
-demo's tables and the packaged model's bytes depend on it), and bf16 autocast on the CPU where the CPU has bf16
-instructions (refused elsewhere)."""
+"""What local training computes: the fp32 default bit for bit as the loop before its split and speed work, with
+either feature encoder (`--gemm-feature-encoder`, the default, or transformers'), and bf16 autocast on the CPU
+where the CPU has bf16 instructions (refused elsewhere)."""
 
 from __future__ import annotations
 
@@ -38,11 +38,12 @@ def reference_train(model, processor, utts, config, dev=None) -> int:
     from fedw2v.batching import BucketBatchSampler, filter_by_duration
     from fedw2v.model import min_train_samples, receptive_field
     from fedw2v.train import (Collator, NewBob, SegmentDataset, _numpy_seeded, evaluate_loss, param_groups,
-                              set_feature_encoder_frozen)
+                              set_feature_encoder_frozen, use_gemm_feature_encoder)
 
     torch.set_flush_denormal(True)
     kept = filter_by_duration(utts, config.min_seconds, config.max_seconds)[0]
     dev_kept = filter_by_duration(dev, config.min_seconds, config.max_seconds)[0] if dev else []
+    use_gemm_feature_encoder(model, config.gemm_feature_encoder)  # the one thing added since: which encoder
     set_feature_encoder_frozen(model, config.freeze_feature_encoder)
     sampler = BucketBatchSampler([u.duration for u in kept], config.max_batch_seconds, config.max_batch_size,
                                  shuffle=True, seed=config.seed)
@@ -95,6 +96,8 @@ CASES = {
     # the paper's Adam (L2 weight decay), a frozen CNN, NewBob annealing on the dev loss every epoch
     "adam-newbob-frozen-cnn": (dict(freeze_feature_encoder=True, newbob_threshold=10.0, weight_decay=0.01,
                                     max_batch_size=4, epochs=2), "paper", True),
+    # transformers' convolutional feature encoder (--no-gemm-feature-encoder), trained
+    "transformers-feature-encoder": (dict(gemm_feature_encoder=False, max_batch_size=4, epochs=1), "tiny", False),
 }
 
 

@@ -55,6 +55,11 @@ class TrainConfig:
                             choices=PRECISIONS, recipe=True)
     gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass: less memory (CUDA "
                                                  "only).", negative="--no-gradient-checkpointing", recipe=True)
+    gemm_feature_encoder: bool = option(True, "On the CPU, run a layer-norm CNN feature encoder (large-lv60, tiny) "
+                                              "as matrix products over (batch, time, channels): the same numbers to "
+                                              "float rounding, faster. Off: transformers' convolutions (CUDA and "
+                                              "group-norm encoders always use them).",
+                                        negative="--no-gemm-feature-encoder")
     device: str = option("auto", DEVICE_HELP, choices=DEVICES)
     seed: int = option(0, "Random seed: batch order, dropout and masking (same seed, same result).")
     max_steps: int | None = option(None, "Stop after this many optimizer steps (none: run all epochs).",
