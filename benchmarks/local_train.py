@@ -20,8 +20,8 @@ oneDNN.
 Models: ``tiny-pretrained`` (the demo's packaged model), ``base`` (wav2vec2-base's architecture, 95M
 parameters, random init, CTC head over the texts' characters; trained on the first ``--base-utterances``
 utterances for ``--base-epochs``: it is ~25x slower) and ``base-lv60`` (the same size in the layout of
-wav2vec2-large-lv60, the paper's model: layer-norm feature encoder, pre-LN transformer). Precisions: fp32 (and bf16 autocast with
-``--precisions fp32,bf16``: fedw2v's ``--precision bf16``, Trainer's ``bf16=True``). Reported per run:
+wav2vec2-large-lv60, the paper's model: layer-norm feature encoder, pre-LN transformer). Precisions: fp32 (and
+bf16 autocast with ``--precisions fp32,bf16``: fedw2v's ``--precision bf16``, Trainer's ``bf16=True``). Reported per run:
 utterances per second, audio seconds per second, the fraction of padded input samples, and the throughput
 ratio against Trainer fp32 in the same repeat (median over repeats). ``--sides fedw2v,fedw2v-convs,trainer``
 adds fedw2v with transformers' convolutional feature encoder (``--no-gemm-feature-encoder``) as a third side.

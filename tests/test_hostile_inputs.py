@@ -463,9 +463,11 @@ def test_ctrl_c_prints_interrupted_and_exits_130(tmp_path):
         pytest.skip("needs flite or espeak-ng")
     # short talks: synth finishes the talks it is synthesising before it stops (about a talk's time)
     # (60 minutes: on a quiet machine 10 took 3 s, and synth had ended before the signal)
+    # preexec_fn: Ctrl-C at its default, as a terminal starts a command; a suite run as a background job of a
+    # non-interactive shell (`make test &`) inherits SIGINT ignored, and so would synth (it then ran to the end)
     proc = subprocess.Popen([EXE, "synth", str(tmp_path / "c"), "--speakers", "30", "--minutes", "60"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path),
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(4)  # well into synthesis
     assert proc.poll() is None, proc.communicate()
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground process group
