@@ -59,7 +59,7 @@ class TrainConfig:
                                               "as matrix products over (batch, time, channels): the same numbers to "
                                               "float rounding, faster. Off: transformers' convolutions (CUDA and "
                                               "group-norm encoders always use them).",
-                                        negative="--no-gemm-feature-encoder")
+                                        negative="--no-gemm-feature-encoder", recipe=True)
     device: str = option("auto", DEVICE_HELP, choices=DEVICES)
     seed: int = option(0, "Random seed: batch order, dropout and masking (same seed, same result).")
     max_steps: int | None = option(None, "Stop after this many optimizer steps (none: run all epochs).",
