@@ -2,8 +2,10 @@
 
 Both sides train the same wav2vec2 CTC model from the same initial weights on the same utterances (a manifest's
 split, e.g. the demo's 238 train utterances) with the same batch size, optimizer (AdamW, one learning rate, no
-weight decay, gradient-norm clip 5, no warm-up or decay), number of epochs and torch threads, on the CPU. In one
-process, alternating (fedw2v first in odd repeats, Trainer first in even ones):
+weight decay, gradient-norm clip 5, no warm-up or decay), number of epochs and torch threads, on the CPU. Each
+timed run has a fresh process of its own (the sides alternate: fedw2v first in odd repeats, Trainer first in even
+ones), so nothing one side leaves in the process (the C allocator's settings and heap, oneDNN's caches) reaches
+the next; ``--in-process`` runs them all in this one instead, as before 2026-12-02:
 
 - fedw2v: ``local_train`` as every client calls it (the audio read from the corpus files and cached, length
   buckets re-drawn every epoch, `Collator` padding and normalising), timed end to end, audio reading included;
@@ -14,17 +16,18 @@ process, alternating (fedw2v first in odd repeats, Trainer first in even ones):
   fedw2v uses torch's AdamW too; ``--trainer-optim adamw_torch`` for the unfused one), timed from building the
   Trainer to the end of ``train()``.
 
-Before the timed runs of each model and thread count, one untimed step of each side warms up the allocator and
-oneDNN.
+Before each timed run, one untimed step of the same side warms up the allocator and oneDNN (in-process: one
+step of each side before the timed runs of each model and thread count).
 
 Models: ``tiny-pretrained`` (the demo's packaged model), ``base`` (wav2vec2-base's architecture, 95M
 parameters, random init, CTC head over the texts' characters; trained on the first ``--base-utterances``
 utterances for ``--base-epochs``: it is ~25x slower) and ``base-lv60`` (the same size in the layout of
 wav2vec2-large-lv60, the paper's model: layer-norm feature encoder, pre-LN transformer). Precisions: fp32 (and
-bf16 autocast with ``--precisions fp32,bf16``: fedw2v's ``--precision bf16``, Trainer's ``bf16=True``). Reported per run:
-utterances per second, audio seconds per second, the fraction of padded input samples, and the throughput
-ratio against Trainer fp32 in the same repeat (median over repeats). ``--sides fedw2v,fedw2v-convs,trainer``
-adds fedw2v with transformers' convolutional feature encoder (``--no-gemm-feature-encoder``) as a third side.
+bf16 autocast with ``--precisions fp32,bf16``: fedw2v's ``--precision bf16``, Trainer's ``bf16=True``). Reported
+per run: utterances per second, audio seconds per second, the fraction of padded input samples, and the throughput
+ratio against Trainer fp32 in the same repeat (median over repeats). More sides, each fedw2v with one thing
+turned off: ``fedw2v-convs`` (transformers' convolutional feature encoder, ``--no-gemm-feature-encoder``) and
+``fedw2v-malloc`` (glibc's default allocator behaviour, ``--no-keep-freed-memory``).
 
     .venv/bin/python benchmarks/local_train.py [--manifest demo/clients.parquet] [--threads 1,2] [--repeat 2]
         [--models tiny-pretrained,base] [--precisions fp32,bf16] [--json out.json]
@@ -76,10 +79,13 @@ def main() -> None:
     ap.add_argument("--base-utterances", type=int, default=48)
     ap.add_argument("--base-epochs", type=int, default=1)
     ap.add_argument("--sides", default="fedw2v,trainer",
-                    help="what to run (%(default)s; fedw2v-convs: fedw2v with --no-gemm-feature-encoder)")
+                    help="what to run (%(default)s; fedw2v-convs: fedw2v with --no-gemm-feature-encoder, "
+                         "fedw2v-malloc: with --no-keep-freed-memory)")
     ap.add_argument("--trainer-optim", default="adamw_torch_fused")
     ap.add_argument("--profile", action="store_true", help="phases of one fedw2v epoch instead (see above)")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--in-process", action="store_true", help="every run in this process (default: a fresh one each)")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # one timed run, for the parent
     args = ap.parse_args()
 
     import torch
@@ -102,7 +108,7 @@ def main() -> None:
         utts = utts[: args.max_utterances]
     results = []
     for name in args.models.split(","):
-        setup = make_setup(name, utts, args)
+        setup = make_setup(name, utts, args) if args.in_process or args.child or args.profile else None
         if args.profile:
             for threads in (int(t) for t in args.threads.split(",")):
                 torch.set_num_threads(threads)
@@ -110,25 +116,49 @@ def main() -> None:
                     print(f"== {name}, {threads} thread(s), {precision}: one epoch of fedw2v, by phase")
                     print(profile(setup, precision, args))
             continue
-        print(f"== {name}: {len(setup.utterances)} utterances, "
-              f"{sum(len(a) for a in setup.audio) / SR:.0f} s of audio, {setup.epochs} epochs, batch {args.batch}")
+        if setup is not None and not args.child:
+            print(f"== {name}: {len(setup.utterances)} utterances, {sum(len(a) for a in setup.audio) / SR:.0f} s of "
+                  f"audio, {setup.epochs} epochs, batch {args.batch}")
         for threads in (int(t) for t in args.threads.split(",")):
             torch.set_num_threads(threads)
-            for side in sides:  # warm-up: one step each, untimed
-                run_one(side, "fp32", setup, args, max_steps=1)
+            for side in sides if args.in_process or args.child else []:  # warm-up: one step each, untimed
+                run_one(side, "fp32" if args.in_process else args.precisions, setup, args, max_steps=1)
             for r in range(args.repeat):
                 runs = [(side, p) for side in sides for p in args.precisions.split(",")]
                 for side, precision in (runs if r % 2 == 0 else runs[::-1]):
-                    row = run_one(side, precision, setup, args)
+                    row = (run_one(side, precision, setup, args) if args.in_process or args.child
+                           else in_child(name, threads, side, precision))
                     row.update(model=name, threads=threads, repeat=r)
                     results.append(row)
                     print(json.dumps(row), flush=True)
+    if args.child:
+        return
     if args.profile:
         return
     table = summarise(results)
     print(table)
     if args.json:
         args.json.write_text(json.dumps({"runs": results, "table": table}, indent=2))
+
+
+def in_child(model: str, threads: int, side: str, precision: str) -> dict:
+    """One timed run (after its warm-up step) of ``side`` in a fresh Python process: this script with
+    ``--child`` and this run's arguments; its result row."""
+    import subprocess
+    import sys
+
+    argv = [a for a in sys.argv[1:] if a != "--in-process"]
+    for flag in ("--models", "--threads", "--sides", "--precisions", "--repeat", "--json"):
+        while flag in argv:
+            i = argv.index(flag)
+            del argv[i: i + 2]
+    command = [sys.executable, __file__, *argv, "--child", "--models", model, "--threads", str(threads), "--sides",
+               side, "--precisions", precision, "--repeat", "1"]
+    out = subprocess.run(command, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{side} ({model}, {threads} threads) failed:\n{out.stderr[-3000:]}")
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    return {k: v for k, v in row.items() if k not in ("model", "threads", "repeat")}
 
 
 def make_setup(name: str, utts: list, args) -> Setup:
@@ -159,8 +189,9 @@ def make_setup(name: str, utts: list, args) -> Setup:
 def run_one(side: str, precision: str, setup: Setup, args, max_steps: int | None = None) -> dict:
     model = copy.deepcopy(setup.model)
     cpu = time.process_time()
-    if side.startswith("fedw2v"):  # fedw2v, or fedw2v-convs: with transformers' feature encoder
-        seconds, padded = run_fedw2v(model, precision, setup, args, max_steps, gemm=side == "fedw2v")
+    if side.startswith("fedw2v"):  # fedw2v, or fedw2v-convs / fedw2v-malloc: with one thing turned off
+        seconds, padded = run_fedw2v(model, precision, setup, args, max_steps, gemm=side != "fedw2v-convs",
+                                     keep=side != "fedw2v-malloc")
     else:
         seconds, padded = run_trainer(model, precision, setup, args, max_steps)
     cpu = time.process_time() - cpu
@@ -171,21 +202,23 @@ def run_one(side: str, precision: str, setup: Setup, args, max_steps: int | None
             "padded_fraction": round(padded, 4)}
 
 
-def fedw2v_config(precision: str, setup: Setup, args, max_steps: int | None = None, gemm: bool = True):
+def fedw2v_config(precision: str, setup: Setup, args, max_steps: int | None = None, gemm: bool = True,
+                  keep: bool = True):
     from fedw2v.config.train import TrainConfig
 
     longest = max(u.duration for u in setup.utterances)
     return TrainConfig(epochs=setup.epochs, max_batch_size=args.batch, max_batch_seconds=args.batch * longest + 1,
                        optimizer="adamw", lr_encoder=args.lr, lr_head=args.lr, newbob=False, clip_norm=5.0,
-                       precision=precision, device="cpu", seed=0, max_steps=max_steps, gemm_feature_encoder=gemm)
+                       precision=precision, device="cpu", seed=0, max_steps=max_steps, gemm_feature_encoder=gemm,
+                       keep_freed_memory=keep)
 
 
 def run_fedw2v(model, precision: str, setup: Setup, args, max_steps: int | None = None,
-               gemm: bool = True) -> tuple[float, float]:
+               gemm: bool = True, keep: bool = True) -> tuple[float, float]:
     from fedw2v.batching import bucket_batches
     from fedw2v.train import local_train
 
-    config = fedw2v_config(precision, setup, args, max_steps, gemm)
+    config = fedw2v_config(precision, setup, args, max_steps, gemm, keep)
     t = time.perf_counter()
     metrics = local_train(model, setup.processor, setup.utterances, config)
     seconds = time.perf_counter() - t

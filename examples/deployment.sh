@@ -23,6 +23,8 @@ EXTRA=${3:-}
 [ -d "$PROJECT/.venv/bin" ] && export PATH="$PROJECT/.venv/bin:$PATH"  # SuperLink/SuperNode start flower-superexec
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 export FLWR_HOME=${FLWR_HOME:-$WORK/flwr-home}
+# each SuperNode's SuperExec looks for a new message to start a ClientApp for every second by default
+export FLWR_SUPEREXEC_TASK_POLL_INTERVAL=${FLWR_SUPEREXEC_TASK_POLL_INTERVAL:-0.2}
 NODES=${NODES:-3}
 PORT=${SUPERLINK_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 PKI=$WORK/pki LOGS=$WORK/logs RUN_DIR=$WORK/run

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from fedw2v.config.train import TrainConfig
 from fedw2v.device import resolve_device, resolve_precision
+from fedw2v.heap import keep_freed_memory
 from fedw2v.train_state import TrainState
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -346,7 +347,8 @@ def local_train(
                device, dev_kept, t0, progress)
     # wav2vec2's time masking draws from numpy's global generator, dropout from torch's: seed both (and put
     # them back afterwards), so the same seed gives the same weights whichever process runs the call.
-    with torch.random.fork_rng(devices=[torch.device(device)] if cuda else []), _numpy_seeded(config.seed):
+    with torch.random.fork_rng(devices=[torch.device(device)] if cuda else []), _numpy_seeded(config.seed), \
+            keep_freed_memory(not cuda and config.keep_freed_memory):  # fedw2v.heap
         torch.manual_seed(config.seed)
         start = _restore(resume, run.stepper, metrics, device) if resume is not None else 0
         model.train()

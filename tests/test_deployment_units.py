@@ -164,7 +164,8 @@ def test_the_model_a_node_builds_from_the_messages_is_the_servers(tmp_path):
     worker = Worker()
     for frozen in (False, True):
         set_feature_encoder_frozen(lm.model, frozen)
-        content = RecordDict({"arrays": record_from_arrays(trainable_arrays(lm.model)), **fed.payload(lm)})
+        content = RecordDict({"arrays": record_from_arrays(trainable_arrays(lm.model), packed=frozen),
+                              **fed.payload(lm)})
         for w in (worker, Worker()):  # a node that has served before, and one that joins now
             node = w.model(adopt_model(content, w))
             load_arrays(node.model, trainable_arrays_from(content))
@@ -179,6 +180,97 @@ def trainable_arrays_from(content):
     from fedw2v.fl.records import arrays_from_record
 
     return arrays_from_record(content["arrays"])
+
+
+def test_packed_weights_come_back_by_name_as_views_and_cost_flower_a_few_objects_not_one_per_array():
+    """What goes to and comes back from a SuperNode is packed (`fl.records`): the same {key: array} back, zero-copy,
+    and a handful of objects for Flower to move through the SuperLink instead of two per array."""
+    from flwr.app import ArrayRecord, RecordDict
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+    from fedw2v.fl.records import arrays_from_record, is_packed, record_from_arrays
+    from fedw2v.model import load_model
+    from fedw2v.weights import trainable_arrays
+
+    arrays = {k: np.array(v) for k, v in trainable_arrays(load_model("tiny", seed=0).model).items()}
+    arrays["counts"] = np.arange(5, dtype=np.int64)  # a second dtype: a second packed array
+    objects = {}
+    for packed in (False, True):
+        record = record_from_arrays(arrays, packed=packed)
+        assert is_packed(record) is packed and len(record) == (2 if packed else len(arrays))
+        back = arrays_from_record(record)
+        assert list(back) == list(arrays)  # every key, in order
+        for k, v in arrays.items():
+            assert back[k].dtype == v.dtype and back[k].shape == v.shape and np.array_equal(back[k], v), k
+            assert not back[k].flags.writeable  # views of the received bytes
+        objects[packed] = len(get_all_nested_objects(RecordDict({"arrays": record})))  # what a message carries
+    # one object per array and one per distinct chunk of it (equal chunks, e.g. zero biases, are stored once)
+    assert objects[False] > len(arrays) >= 30 and objects[True] <= 8, (objects, len(arrays))
+    # a layout that does not tile its array is refused, not read past
+    key, value = next(iter(record_from_arrays({"w": np.zeros(6, np.float32)}, packed=True).items()))
+    with pytest.raises(ValueError, match="holds 6 values where its layout names 8"):
+        arrays_from_record(ArrayRecord({key.replace("[6]", "[2,4]"): value}))
+
+
+def test_every_message_to_a_supernode_carries_packed_weights(fl_clients, tmp_path):
+    """Training and federated-evaluation messages to SuperNodes: the trainable weights and the frozen ones packed."""
+    from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedw2v.fl.records import is_packed
+    from fedw2v.fl.server_app import Server
+    from fedw2v.model import load_model
+    from fedw2v.train import set_feature_encoder_frozen
+    from tests.test_server import _config
+
+    class Capture:  # a grid with two SuperNodes that never answer
+        def __init__(self):
+            self.messages = []
+
+        def get_node_ids(self):
+            return [5, 6]
+
+        def push_messages(self, messages):
+            for i, m in enumerate(messages):
+                m.metadata.__dict__["_message_id"] = f"m{len(self.messages) + i}"
+            self.messages += messages
+            return [m.metadata.message_id for m in messages]
+
+        def pull_messages(self, ids):
+            return []
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
+    grid = Capture()
+    server = Server(grid, _config("", tmp_path / "run", eval_manifest=str(fl_clients), round_timeout=0.2))
+    assert server.nodes is not None  # no clients manifest: the data is on the nodes
+    lm = load_model("tiny", seed=0)
+    set_feature_encoder_frozen(lm.model, True)  # (as after round 0) something frozen to ship
+    results = server._fit(1, [5, 6], lm)
+    assert all("--round-timeout" in res["error"] for res in results.values())
+    server.nodes.ask_evaluate(1, lm)
+    assert len(grid.messages) == 4
+    for m in grid.messages:
+        assert is_packed(m.content["arrays"]) and is_packed(m.content["frozen"]), m.metadata.message_type
+
+
+def test_a_node_replies_in_the_form_the_server_sent(tmp_path, monkeypatch):
+    """The ClientApp packs its reply's weights when the message's were packed (a SuperNode), and names them one
+    array each when they were not (the simulation), whatever else it does."""
+    from flwr.app import ConfigRecord, RecordDict
+
+    from fedw2v.fl import client_app
+    from fedw2v.fl.records import arrays_from_record, is_packed, record_from_arrays
+
+    trained = {"w": np.ones((2, 3), np.float32), "b": np.zeros(3, np.float32)}
+    monkeypatch.setattr(client_app, "_train", lambda job, arrays, worker, shipped=None: ({"samples": 1}, trained))
+    monkeypatch.setattr(client_app.Worker, "set_threads", staticmethod(lambda: 1))
+    job = client_app.TrainJob(0, 1, "m.parquet", "", "base", {}, 0)
+    for packed in (False, True):
+        content = RecordDict({"arrays": record_from_arrays(trained, packed=packed), "config": job.to_record()})
+        reply = client_app.run_train(content, client_app.Worker())
+        assert reply["status"]["error"] == "" and is_packed(reply["arrays"]) is packed
+        assert {k: v.tolist() for k, v in arrays_from_record(reply["arrays"]).items()} == \
+            {k: v.tolist() for k, v in trained.items()}
 
 
 def test_participation_of_a_deployment_run_comes_from_the_nodes_own_evaluations(tmp_path):

@@ -145,6 +145,38 @@ def test_local_dp_noises_each_update_with_std_z_c_after_clipping():
 
 
 @pytest.mark.parametrize("mode", ["central", "local"])
+def test_the_mod_clips_and_noises_packed_weights_as_it_does_named_ones(mode):
+    """A SuperNode's message packs its weights (`fl.records`, one flat array per dtype): Flower's mods clip the
+    update to the same norm and draw the same noise, element for element, as for the named arrays."""
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+    from fedw2v.fl.records import arrays_from_record, is_packed, record_from_arrays
+
+    rng = np.random.default_rng(2)
+    g = {"a": rng.normal(size=(30, 20)).astype(np.float32), "b": rng.normal(size=500).astype(np.float32)}
+    w = {k: v + rng.normal(size=v.shape).astype(np.float32) for k, v in g.items()}  # norm ~33: clipped to 1
+    keys = _dp_keys(mode, 0.5, 1.0, seed=7)
+    plain = {k: sent.numpy() for k, sent in _run_mod(g, w, keys)["arrays"].items()}
+    msg = _message({}, keys)
+    msg.content["arrays"] = record_from_arrays(g, packed=True)
+
+    def call_next(m, c):
+        return Message(RecordDict({"arrays": record_from_arrays(w, packed=True), "metrics": MetricRecord(
+            {"samples": 1}), "status": ConfigRecord({"error": ""})}), reply_to=m)
+
+    ctx = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    out = privacy_mod(msg, ctx, call_next)
+    assert not out.has_error(), out.error
+    assert isinstance(out.content["arrays"], ArrayRecord) and is_packed(out.content["arrays"])
+    packed = arrays_from_record(out.content["arrays"])
+    assert packed.keys() == plain.keys()
+    for k in plain:
+        assert np.allclose(packed[k], plain[k], rtol=1e-5, atol=1e-6), k
+    if mode == "central":
+        assert _norm(packed, g) == pytest.approx(1.0, rel=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["central", "local"])
 def test_the_mod_clips_a_message_that_also_ships_the_model(mode):
     """A SuperNode's (or Ray-cluster worker's) training message also carries the model files and frozen weights;
     Flower's mods, which want exactly one ArrayRecord, see the weights and the job only, and clip the same."""

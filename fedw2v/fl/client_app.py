@@ -26,7 +26,7 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedw2v.fl.records import arrays_from_record, record_from_arrays
+from fedw2v.fl.records import arrays_from_record, is_packed, record_from_arrays
 from fedw2v.privacy.dp_client import privacy_mod
 
 
@@ -184,7 +184,7 @@ def run_train(content: RecordDict, worker: Worker = WORKER, node_config: Any = N
         threads = worker.set_threads()
         metrics, arrays = _train(job, arrays_from_record(content["arrays"]), worker, shipped)
         reply = RecordDict({
-            "arrays": record_from_arrays(arrays),
+            "arrays": record_from_arrays(arrays, packed=is_packed(content["arrays"])),  # as the server sent them
             "metrics": MetricRecord({**metrics, "seconds": time.perf_counter() - t0}),
             "status": ConfigRecord({"client-id": client_id, "error": "", "builds": worker.builds,
                                     "threads": threads, "node": ray_node()}),

@@ -101,7 +101,7 @@ class NodeFederation:
 
             frozen = {name: p for name, p in lm.model.named_parameters() if not p.requires_grad}
             self._payload = (frozen_names, {"model": ConfigRecord(model_files(lm.model, lm.processor)),
-                                            "frozen": record_from_arrays(frozen),
+                                            "frozen": record_from_arrays(frozen, packed=True),
                                             "node": ConfigRecord({VERSION_KEY: __version__})})
         return self._payload[1]
 
@@ -144,7 +144,7 @@ class NodeFederation:
         from fedw2v.weights import trainable_arrays
 
         nodes = connected_nodes(self.grid, self.config.min_nodes or self.config.required_successes, self.report)
-        record = record_from_arrays(trainable_arrays(lm.model))
+        record = record_from_arrays(trainable_arrays(lm.model), packed=True)
         ttl = self.config.round_timeout or None
         messages = [Message(RecordDict({"arrays": record, "config": ConfigRecord({"round": round_}),
                                         **self.payload(lm)}), dst_node_id=n, message_type=MessageType.EVALUATE,

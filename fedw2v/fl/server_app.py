@@ -247,13 +247,13 @@ class Server:
         from fedw2v.fl.records import arrays_from_record, record_from_arrays
         from fedw2v.weights import non_finite, trainable_arrays
 
+        on_nodes = self.nodes is not None  # then `clients` are node ids, and a node finds its own data
         arrays = trainable_arrays(lm.model)
-        record = record_from_arrays(arrays)
+        record = record_from_arrays(arrays, packed=on_nodes)  # packed: a few objects for Flower to move, not ~80+
         base = self._base_records(set(arrays)) if self.ships_base else {}
         nodes = self._nodes()
         timeout = self.config.round_timeout or None
         messages = []
-        on_nodes = self.nodes is not None  # then `clients` are node ids, and a node finds its own data
         extra = self.nodes.payload(lm) if on_nodes else {}
         for i, cid in enumerate(clients):
             job = TrainJob(-1, r, "", "", "", self._job_train_config, self.config.seed) if on_nodes else TrainJob(
