@@ -4,11 +4,12 @@ glibc serves every block above its mmap threshold (128 KiB, raised as far as 32 
 fresh ``mmap`` and gives it back to the kernel with ``munmap`` when it is freed; the top of the heap is trimmed
 the same way. A training step allocates and frees the same large activations and gradients every time (at
 wav2vec2-base's size, the first convolution's output alone is ~1 GB for 8 x 4 s), so every step faults in and
-zeroes those pages again: 5.2 million page faults and 11.6 s of system time in five base-size steps, measured
-(BENCHMARKS.md). `keep_freed_memory` turns both off for the duration of a block (``mallopt``: no mmap for
-allocations, no trimming), so freed blocks stay in the heap and the next step's tensors reuse them, and gives
-everything that is free back to the kernel at the end (``malloc_trim``) with glibc's default limits restored.
-The cost: the heap holds what fragmentation leaves between steps (~5% more peak memory at base size).
+zeroes those pages again: 5.1 million page faults in five base-size steps, 1.4 million with this module, and
+10-19% faster (`benchmarks/cpu_heap.py`, BENCHMARKS.md). `keep_freed_memory` turns both off for the duration of a
+block (``mallopt``: no mmap for allocations, no trimming), so freed blocks stay in the heap and the next step's
+tensors reuse them, and gives everything that is free back to the kernel at the end (``malloc_trim``) with
+glibc's default limits restored. The cost: the heap holds what fragmentation leaves between steps (3-4% more peak
+memory at base size).
 
 A process-wide setting, as any allocator setting is: another thread allocating meanwhile shares it. glibc offers
 no way back to its *dynamic* mmap threshold, so after the block the threshold stays where it was (a fixed one).

@@ -64,6 +64,18 @@ def test_local_train_benchmark_runs_fedw2v_and_trainer_side_by_side(asr_corpus, 
     assert "aten::" in res.stdout
 
 
+def test_cpu_heap_benchmark_measures_both_allocator_settings_in_fresh_processes(tmp_path):
+    from fedw2v.heap import glibc
+
+    out = tmp_path / "heap.json"
+    res = _bench("cpu_heap.py", "--model", "tiny", "--steps", "2", "--batch", "2", "--seconds", "1", "--json", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    off, on = json.loads(out.read_text())
+    assert off["keep_freed_memory"] is False and on["keep_freed_memory"] is (glibc() is not None)
+    assert all(r["steps_after_first_s"] > 0 and r["minor_faults"] > 0 and r["peak_rss_mb"] > 0 for r in (off, on))
+    assert "| freed memory kept |" in res.stdout and "ratio kept / defaults" in res.stdout
+
+
 def test_cpu_bf16_benchmark_compares_error_rates_after_the_same_steps(asr_corpus, tmp_path):
     from fedw2v.device import cpu_bf16_feature
 

@@ -62,7 +62,7 @@ class TrainConfig:
                                         negative="--no-gemm-feature-encoder", recipe=True)
     keep_freed_memory: bool = option(True, "On the CPU (glibc), keep memory freed during training in the process "
                                            "so the next step reuses it instead of faulting in fresh pages: faster "
-                                           "(3-10% at base size), a little more peak memory; given back when "
+                                           "(3-19% at base size), a little more peak memory; given back when "
                                            "training ends.", negative="--no-keep-freed-memory", recipe=True)
     device: str = option("auto", DEVICE_HELP, choices=DEVICES)
     seed: int = option(0, "Random seed: batch order, dropout and masking (same seed, same result).")
