@@ -40,15 +40,18 @@ def _uniform(ids):
 # ----------------------------------------------------------------------------------------- the client mod
 
 
-def _message(arrays, config, shipped=False):
+def _message(arrays, config, shipped=False, packed=False):
     """A training message as the server sends it (Flower's Message, one ArrayRecord and one ConfigRecord; with
-    ``shipped``, also the model's files and frozen weights, as a SuperNode or a Ray-cluster worker gets it)."""
+    ``shipped``, also the model's files and frozen weights, as a SuperNode or a Ray-cluster worker gets it; with
+    ``packed``, its weights packed as a SuperNode gets them)."""
     from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
     from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.supercore.task_identity import TaskIdentity
 
+    from fedw2v.fl.records import record_from_arrays
+
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
-    record = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+    record = record_from_arrays(arrays, packed=packed)
     extra = {"model": ConfigRecord({"config.json": "{}"}),
              "frozen": ArrayRecord({"f": Array(np.zeros(3, np.float32))})} if shipped else {}
     msg = Message(RecordDict({"arrays": record, "config": ConfigRecord(config), **extra}), dst_node_id=1,
@@ -57,13 +60,15 @@ def _message(arrays, config, shipped=False):
     return msg
 
 
-def _reply_with(arrays, error=""):
-    from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+def _reply_with(arrays, error="", packed=False):
+    from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+
+    from fedw2v.fl.records import record_from_arrays
 
     def call_next(msg, context):
         content = RecordDict({"metrics": MetricRecord({"samples": 1}), "status": ConfigRecord({"error": error})})
         if not error:
-            content["arrays"] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+            content["arrays"] = record_from_arrays(arrays, packed=packed)
         return Message(content, reply_to=msg)
 
     return call_next
@@ -74,11 +79,11 @@ def _dp_keys(mode, z, clip, seed=0, round_=1, client=3):
             "dp-noise-seed": seed, "round": round_, "client-id": client}
 
 
-def _run_mod(global_arrays, trained, keys, error="", shipped=False):
+def _run_mod(global_arrays, trained, keys, error="", shipped=False, packed=False):
     from flwr.app import Context, RecordDict
 
     ctx = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
-    out = privacy_mod(_message(global_arrays, keys, shipped), ctx, _reply_with(trained, error))
+    out = privacy_mod(_message(global_arrays, keys, shipped, packed), ctx, _reply_with(trained, error, packed))
     assert not out.has_error(), out.error
     return out.content
 
@@ -148,27 +153,18 @@ def test_local_dp_noises_each_update_with_std_z_c_after_clipping():
 def test_the_mod_clips_and_noises_packed_weights_as_it_does_named_ones(mode):
     """A SuperNode's message packs its weights (`fl.records`, one flat array per dtype): Flower's mods clip the
     update to the same norm and draw the same noise, element for element, as for the named arrays."""
-    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.app import ArrayRecord
 
-    from fedw2v.fl.records import arrays_from_record, is_packed, record_from_arrays
+    from fedw2v.fl.records import arrays_from_record, is_packed
 
     rng = np.random.default_rng(2)
     g = {"a": rng.normal(size=(30, 20)).astype(np.float32), "b": rng.normal(size=500).astype(np.float32)}
     w = {k: v + rng.normal(size=v.shape).astype(np.float32) for k, v in g.items()}  # norm ~33: clipped to 1
     keys = _dp_keys(mode, 0.5, 1.0, seed=7)
     plain = {k: sent.numpy() for k, sent in _run_mod(g, w, keys)["arrays"].items()}
-    msg = _message({}, keys)
-    msg.content["arrays"] = record_from_arrays(g, packed=True)
-
-    def call_next(m, c):
-        return Message(RecordDict({"arrays": record_from_arrays(w, packed=True), "metrics": MetricRecord(
-            {"samples": 1}), "status": ConfigRecord({"error": ""})}), reply_to=m)
-
-    ctx = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
-    out = privacy_mod(msg, ctx, call_next)
-    assert not out.has_error(), out.error
-    assert isinstance(out.content["arrays"], ArrayRecord) and is_packed(out.content["arrays"])
-    packed = arrays_from_record(out.content["arrays"])
+    sent = _run_mod(g, w, keys, packed=True)["arrays"]
+    assert isinstance(sent, ArrayRecord) and is_packed(sent)
+    packed = arrays_from_record(sent)
     assert packed.keys() == plain.keys()
     for k in plain:
         assert np.allclose(packed[k], plain[k], rtol=1e-5, atol=1e-6), k
