@@ -107,8 +107,9 @@ def main() -> None:
     if args.max_utterances:
         utts = utts[: args.max_utterances]
     results = []
+    here = args.in_process or args.child  # the timed runs happen in this process (else: each in a fresh one)
     for name in args.models.split(","):
-        setup = make_setup(name, utts, args) if args.in_process or args.child or args.profile else None
+        setup = make_setup(name, utts, args) if here or args.profile else None
         if args.profile:
             for threads in (int(t) for t in args.threads.split(",")):
                 torch.set_num_threads(threads)
@@ -116,24 +117,22 @@ def main() -> None:
                     print(f"== {name}, {threads} thread(s), {precision}: one epoch of fedw2v, by phase")
                     print(profile(setup, precision, args))
             continue
-        if setup is not None and not args.child:
+        if args.in_process:
             print(f"== {name}: {len(setup.utterances)} utterances, {sum(len(a) for a in setup.audio) / SR:.0f} s of "
                   f"audio, {setup.epochs} epochs, batch {args.batch}")
         for threads in (int(t) for t in args.threads.split(",")):
             torch.set_num_threads(threads)
-            for side in sides if args.in_process or args.child else []:  # warm-up: one step each, untimed
+            for side in sides if here else []:  # warm-up: one step each, untimed
                 run_one(side, "fp32" if args.in_process else args.precisions, setup, args, max_steps=1)
             for r in range(args.repeat):
                 runs = [(side, p) for side in sides for p in args.precisions.split(",")]
                 for side, precision in (runs if r % 2 == 0 else runs[::-1]):
-                    row = (run_one(side, precision, setup, args) if args.in_process or args.child
+                    row = (run_one(side, precision, setup, args) if here
                            else in_child(name, threads, side, precision))
                     row.update(model=name, threads=threads, repeat=r)
                     results.append(row)
                     print(json.dumps(row), flush=True)
-    if args.child:
-        return
-    if args.profile:
+    if args.child or args.profile:
         return
     table = summarise(results)
     print(table)
