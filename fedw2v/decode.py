@@ -11,11 +11,11 @@ the file with the border in the middle of each overlap (so every kept frame has 
 context on both sides). The kept frames form one frame sequence for the whole file, which is collapsed by the
 CTC rule once: a word across a chunk border is neither lost nor doubled.
 
-Audio arrives as consecutive blocks (`fedw2v.audio.stream_audio`) or as one array; `chunks_of` cuts the
+Audio arrives as consecutive blocks (`fedw2v.audio.stream_audio`) or as one array; `Chunks` cuts the
 chunks of `chunk_plan` out of the blocks as they come, and `stitch_stream` yields each chunk's kept frames in
-order, so a long file is decoded in memory bounded by a few chunks. The frames may be greedy ids or, for
-beam search (`fedw2v.beam`), log-probabilities: the beam search runs over the stitched frames of the whole
-file, never over one chunk alone.
+order, so a long file is decoded in memory bounded by a few chunks. The frames may be greedy ids, collapsed as
+they arrive (`GreedyStream`: only the words are kept), or, for beam search (`fedw2v.beam`), log-probabilities:
+either search runs over the stitched frames of the whole file, never over one chunk alone.
 
 Text is what the model's tokenizer would decode (``tokenizer.decode(ids)``, as the Hugging Face pipeline does),
 with runs of spaces collapsed to one. A word whose characters are separated by a long pause (a model that
@@ -42,7 +42,8 @@ DEFAULT_OVERLAP_S = 1.0
 WORD_GAP_S = 1.0  # a pause this long inside a word splits its times into pieces (see Word.pieces)
 MAX_BATCH_CHUNKS = 8  # chunks of one file decoded in one forward pass at most
 # ... and at most this much audio: a forward pass's activations are most of transcribe's memory (tiny model,
-# 8 x 30 s: +750 MB; 2 x 30 s: +290 MB), and larger batches gain little on a CPU
+# 8 x 30 s: +750 MB; 2 x 30 s: +290 MB). On a CPU, one chunk per pass: two are no faster there (base size,
+# 32 s chunks: 3.4-4.0 s each either way) and the pass's activations are the peak of a long file's memory.
 MAX_BATCH_AUDIO_S = 60.0
 
 
@@ -100,35 +101,80 @@ class Vocab:
         return cls(tuple(tokens), int(tokenizer.pad_token_id), vocab.get(delim) if delim else None)
 
 
-def ctc_runs(ids: np.ndarray, blank: int) -> list[tuple[int, int, int]]:
-    """(token id, first frame, end frame) of each run of equal ids that is not blank, in order."""
+def _runs(ids: np.ndarray) -> tuple[list[int], list[int], list[int]]:
+    """(values, first frames, end frames) of the runs of equal ids, blank included, in order."""
     import numpy as np
 
     ids = np.asarray(ids)
     if ids.size == 0:
-        return []
+        return [], [], []
     change = np.flatnonzero(np.diff(ids)) + 1
     starts = np.concatenate(([0], change))
     ends = np.concatenate((change, [ids.size]))
-    values = ids[starts]
-    keep = values != blank
-    return list(zip(values[keep].tolist(), starts[keep].tolist(), ends[keep].tolist()))
+    return ids[starts].tolist(), starts.tolist(), ends.tolist()
+
+
+def ctc_runs(ids: np.ndarray, blank: int) -> list[tuple[int, int, int]]:
+    """(token id, first frame, end frame) of each run of equal ids that is not blank, in order."""
+    return [run for run in zip(*_runs(ids)) if run[0] != blank]
+
+
+class GreedyStream:
+    """Greedy CTC text and words of one file whose frame ids arrive in pieces (`stitch_stream`), with the
+    interface of `fedw2v.beam.BeamStream`. Each piece is collapsed by the CTC rule as it arrives (a run of one
+    id across two pieces is one run) and then dropped: only the characters of the word being read are held.
+    Memory grows with the words found, not with the frames (hours of silence hold nothing), and no frame
+    array outlives its forward pass: kept, the small arrays of hours of audio are scattered through the heap
+    that the next passes allocate their activations from, and the peak grows with the file (issue 11)."""
+
+    def __init__(self, vocab: Vocab, frame_s: float):
+        self.vocab, self.frame_s = vocab, frame_s
+        self.frames = 0  # frames fed so far
+        self.open: tuple[int, int] | None = None  # (id, first frame) of the run that reaches the last frame
+        self.chars: list[tuple[str, int, int]] = []  # (character, first frame, end frame) of the current word
+        self.words: list[Word] = []
+
+    def feed(self, piece: np.ndarray) -> None:
+        values, starts, ends = _runs(piece)
+        if not values:
+            return
+        offset = self.frames
+        self.frames += ends[-1]
+        if self.open is not None:
+            if self.open[0] == values[0]:
+                starts[0] = self.open[1] - offset
+            else:
+                self._close(self.open[0], self.open[1], offset)
+        for value, first, end in zip(values[:-1], starts[:-1], ends[:-1]):
+            self._close(value, first + offset, end + offset)
+        self.open = (values[-1], starts[-1] + offset)
+
+    def _close(self, tok: int, first: int, end: int) -> None:
+        if tok == self.vocab.blank:
+            return
+        if tok == self.vocab.delimiter:
+            self._word()
+            return
+        self.chars.append((self.vocab.tokens[tok] if 0 <= tok < len(self.vocab.tokens) else "", first, end))
+
+    def _word(self) -> None:
+        if self.chars:
+            self.words.append(make_word("".join(c for c, _, _ in self.chars), self.chars, self.frame_s))
+            self.chars = []
+
+    def finish(self) -> tuple[str, list[Word]]:
+        if self.open is not None:
+            self._close(self.open[0], self.open[1], self.frames)
+            self.open = None
+        self._word()
+        return " ".join(w.word for w in self.words), self.words
 
 
 def text_and_words(ids: np.ndarray, vocab: Vocab, frame_s: float) -> tuple[str, list[Word]]:
     """Greedy CTC text of one frame-id sequence and its words with times."""
-    words: list[Word] = []
-    runs: list[tuple[str, int, int]] = []
-    for tok, first, last in ctc_runs(ids, vocab.blank):
-        if tok == vocab.delimiter:
-            if runs:
-                words.append(make_word("".join(c for c, _, _ in runs), runs, frame_s))
-                runs = []
-            continue
-        runs.append((vocab.tokens[tok] if 0 <= tok < len(vocab.tokens) else "", first, last))
-    if runs:
-        words.append(make_word("".join(c for c, _, _ in runs), runs, frame_s))
-    return " ".join(w.word for w in words), words
+    stream = GreedyStream(vocab, frame_s)
+    stream.feed(ids)
+    return stream.finish()
 
 
 def chunk_plan(num_samples: int, hop: int, chunk_s: float, overlap_s: float, sr: int = SAMPLE_RATE):
@@ -332,16 +378,11 @@ class Decoder:
 
         blocks = [audio] if isinstance(audio, np.ndarray) else audio
         chunks = Chunks(blocks, self.hop, chunk_s, overlap_s, self.sampling_rate)
-        per_batch = max(1, min(MAX_BATCH_CHUNKS, int(MAX_BATCH_AUDIO_S // chunk_s)))
-        if beam is None:
-            pieces = list(stitch_stream(self.frame_ids, chunks, self.hop, per_batch))
-            ids = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
-            text, words = text_and_words(ids, self.vocab, self.frame_s)
-        else:
-            stream = beam.stream()
-            for piece in stitch_stream(self.emissions, chunks, self.hop, per_batch):
-                stream.feed(piece)
-            text, words = stream.finish()
+        per_batch = 1 if self.device.type == "cpu" else max(1, min(MAX_BATCH_CHUNKS, int(MAX_BATCH_AUDIO_S // chunk_s)))
+        stream = beam.stream() if beam is not None else GreedyStream(self.vocab, self.frame_s)
+        for piece in stitch_stream(self.frame_ids if beam is None else self.emissions, chunks, self.hop, per_batch):
+            stream.feed(piece)
+        text, words = stream.finish()
         return Transcript(text, words, chunks.samples / self.sampling_rate, chunks.chunks)
 
     def utterance_batches(

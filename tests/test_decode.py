@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedw2v.decode import Decoder, Vocab, chunk_plan, ctc_runs, stitch, text_and_words
+from fedw2v.decode import Decoder, GreedyStream, Vocab, chunk_plan, ctc_runs, stitch, text_and_words
 from fedw2v.model import load_model
 from fedw2v.text import character_vocabulary
 
@@ -38,6 +38,37 @@ def test_text_matches_tokenizer_decode():
     for _ in range(200):
         ids = rng.choice(len(VOCAB), size=int(rng.integers(0, 60)), p=_peaky(len(VOCAB)))
         assert text_and_words(ids, V, 0.02)[0] == " ".join(tok.decode(ids.tolist()).split())
+
+
+def test_greedy_stream_in_pieces_equals_the_whole():
+    """Frame ids fed in arbitrary pieces give the text and word times of the whole sequence: a run of one id
+    (a character, a blank, a delimiter) across a border is one run, never a doubled character or a split word."""
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        ids = rng.choice(len(VOCAB), size=int(rng.integers(0, 80)), p=_peaky(len(VOCAB)))
+        ids = np.repeat(ids, rng.integers(1, 4, size=len(ids)))  # runs longer than one frame, as from a model
+        whole = text_and_words(ids, V, 0.02)
+        cuts = np.sort(rng.choice(len(ids) + 1, size=int(rng.integers(0, 8))))
+        stream = GreedyStream(V, 0.02)
+        for piece in np.split(ids, cuts):
+            stream.feed(piece)
+        assert stream.finish() == whole
+    stream = GreedyStream(V, 0.02)
+    for piece in (ids_of("_hh"), ids_of("h"), ids_of("hh_"), ids_of(" "), ids_of("ii")):
+        stream.feed(piece)
+    text, words = stream.finish()
+    assert text == "h i" and (words[0].start, words[0].end) == (0.02, 0.12)
+
+
+def test_greedy_stream_keeps_no_frames():
+    """The stream holds only the characters of the word being read: no frame array, whatever its length."""
+    stream = GreedyStream(V, 0.02)
+    piece = np.zeros(100_000, dtype=np.int64)
+    for _ in range(5):
+        stream.feed(piece)
+    assert stream.frames == 500_000 and stream.chars == [] and stream.words == []
+    assert all(not isinstance(v, np.ndarray) for v in vars(stream).values())
+    assert stream.finish() == ("", [])
 
 
 def _peaky(n):
@@ -148,6 +179,33 @@ def test_chunked_hf_model_matches_single_pass():
         assert dec.transcribe(audio, 5.0, 1.5).text == dec.transcribe(audio, 60.0).text
         short_ctx, _ = stitch(dec.frame_ids, audio, dec.hop, 4.0, 0.1)
         assert len(short_ctx) == len(whole) and (short_ctx != whole).any()
+
+
+def test_long_file_decodes_one_chunk_per_pass_on_cpu_and_drops_each_output():
+    """On a CPU each forward pass decodes one chunk, and no pass's frame ids outlive it: once a later pass
+    runs, the earlier outputs are gone (kept for the whole file, they fragment the heap the passes allocate
+    their activations from, and a long file's peak memory grows with its length)."""
+    import gc
+    import weakref
+
+    loaded = load_model("tiny", seed=3)
+    dec = Decoder(loaded.model, loaded.processor, "cpu")
+    outputs, batch_sizes, alive = [], [], []
+    forward = dec.frame_ids
+
+    def frame_ids(audios):
+        gc.collect()
+        alive.append(sum(ref() is not None for ref in outputs))
+        batch_sizes.append(len(audios))
+        result = forward(audios)
+        outputs.extend(weakref.ref(ids.base if ids.base is not None else ids) for ids in result)
+        return result
+
+    dec.frame_ids = frame_ids
+    audio = np.random.default_rng(2).standard_normal(16000 * 40).astype(np.float32) * 0.1
+    t = dec.transcribe(audio, chunk_s=4.0, overlap_s=0.5)
+    assert t.chunks == len(batch_sizes) >= 12 and set(batch_sizes) == {1}
+    assert max(alive) <= 1, alive
 
 
 def test_audio_shorter_than_one_frame_is_padded_not_fatal():

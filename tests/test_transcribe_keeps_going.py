@@ -172,9 +172,11 @@ def test_decoding_starts_before_a_long_stream_is_read(tiny_model_dir):
 
     t = dec.transcribe(blocks(), 30.0, 1.0)
     assert t.duration == 300 and t.chunks == 11
-    first = events.index("forward 2")
-    assert events[:first].count("block") == 6, events  # two 30 s chunks (0-30 s, 28-58 s) read, then decoded
-    assert events.count("block") == 30 and max(int(e.split()[1]) for e in events if e != "block") <= 2
+    first = events.index("forward 1")
+    # the first 30 s chunk read (and one block past it, to know it is not the last), then decoded: one chunk per
+    # forward pass on a CPU
+    assert events[:first].count("block") == 4, events
+    assert events.count("block") == 30 and max(int(e.split()[1]) for e in events if e != "block") == 1
 
 
 def test_a_long_silence_never_makes_a_cue_longer_than_10_s():
