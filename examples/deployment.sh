@@ -31,26 +31,8 @@ PKI=$WORK/pki LOGS=$WORK/logs RUN_DIR=$WORK/run
 mkdir -p "$WORK" "$PKI" "$LOGS" "$FLWR_HOME"
 
 PIDS=()
-kill_tree() {  # a process and everything below it (flower-superexec and the apps it started): each process
-  local pid=$1 child  # was started in its own session (setsid), so its process group holds them all
-  for child in $(pgrep -P "$pid" 2>/dev/null); do kill_tree "$child"; done
-  kill -9 -- "-$pid" 2>/dev/null || true
-  kill -9 "$pid" 2>/dev/null || true
-}
-alive() {  # any of these pids still running (a zombie counts as gone)
-  local pid state
-  for pid in "$@"; do
-    state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) || continue
-    [ -n "$state" ] && [ "$state" != Z ] && return 0
-  done
-  return 1
-}
-stop_all() {
-  local pid i
-  for pid in "${PIDS[@]}"; do kill_tree "$pid"; done
-  for i in $(seq 100); do alive "${PIDS[@]}" || return 0; sleep 0.1; done  # SIGKILL is asynchronous
-  echo "deployment.sh: some processes are still exiting after 10 s: ${PIDS[*]}" >&2
-}
+source examples/processes.sh  # kill_tree, alive, stop_pids
+stop_all() { stop_pids deployment.sh "${PIDS[@]}"; }
 trap stop_all EXIT
 
 # 1. what each participant gets: their own manifest and audio (here made from one corpus; in real life each

@@ -29,26 +29,10 @@ TOML
 # >= 1.28 wants it (`options.` in the connection above is deprecated there).
 FEDERATION="num-supernodes=2 client-resources-num-cpus=1 client-resources-num-gpus=0.0"
 
-kill_tree() {  # a process and everything below it
-  local pid=$1 child
-  for child in $(pgrep -P "$pid" 2>/dev/null); do kill_tree "$child"; done
-  kill -9 "$pid" 2>/dev/null || true
-}
-running() {  # any of these pids still alive (a zombie counts as gone)
-  local pid state
-  for pid in "$@"; do
-    state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) || continue
-    [ -n "$state" ] && [ "$state" != Z ] && return 0
-  done
-  return 1
-}
-stop_superlink() {
-  local pid pids i
-  pids=$(pgrep -f "flower-superlink.*$FLWR_HOME" 2>/dev/null || true)
-  for pid in $pids; do kill_tree "$pid"; done
-  # SIGKILL is asynchronous: return only once they are gone (a busy machine takes a moment)
-  for i in $(seq 100); do running $pids || return 0; sleep 0.1; done
-  echo "flwr_run.sh: the SuperLink ($pids) is still exiting after 10 s" >&2
+source examples/processes.sh  # kill_tree, alive, stop_pids
+stop_superlink() {  # the SuperLink that `flwr run` started for this FLWR_HOME, and everything it started
+  # shellcheck disable=SC2046
+  stop_pids flwr_run.sh $(pgrep -f "flower-superlink.*$FLWR_HOME" 2>/dev/null || true)
 }
 trap stop_superlink EXIT
 
