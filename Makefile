@@ -96,6 +96,7 @@ bench: install
 	$(PY) benchmarks/transcribe.py
 	$(PY) benchmarks/round_overhead.py
 	$(PY) benchmarks/cpu_heap.py
+	$(PY) benchmarks/audio_gradient.py
 	if $(PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then \
 	  $(PY) benchmarks/gpu_client_step.py; else echo "no GPU here: benchmarks/gpu_client_step.py not run"; fi
 

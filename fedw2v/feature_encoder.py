@@ -150,3 +150,22 @@ def uninstall(model: Any) -> None:
         original = current.original[0]
         original._requires_grad = current._requires_grad
         model.wav2vec2.feature_extractor = original
+
+
+def skip_audio_gradient(model: Any) -> None:
+    """Keep transformers' feature encoder from computing the gradient of the input audio (idempotent).
+
+    In training, `Wav2Vec2FeatureEncoder` marks its input as requiring a gradient, so that gradient checkpointing
+    has an input to differentiate, and autograd then runs the first convolution's backward for the audio too,
+    which nothing reads: on wav2vec2-base at batch 8 that is as much work as the whole layer otherwise takes
+    (BENCHMARKS.md). A forward pre-hook on the first layer hands it the audio detached. The weights' gradients are
+    the same numbers, with or without checkpointing (tests/test_feature_encoder.py). `GemmFeatureEncoder` never
+    asks for that gradient; the hook is for transformers' encoder (group norm, CUDA, ``--no-gemm-feature-encoder``)."""
+    first = model.wav2vec2.feature_extractor.conv_layers[0]
+    if not getattr(first, "_fedw2v_detaches_audio", False):
+        first.register_forward_pre_hook(_detach_audio)
+        first._fedw2v_detaches_audio = True
+
+
+def _detach_audio(module: nn.Module, args: tuple) -> tuple:
+    return (args[0].detach(), *args[1:])

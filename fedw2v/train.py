@@ -170,9 +170,12 @@ def use_gemm_feature_encoder(model: Any, on: bool) -> None:
 
 def _prepare_model(model: Any, config: TrainConfig, device: str) -> None:
     """``model`` on ``device`` with the feature encoder, its freezing and checkpointing that ``config`` asks for."""
+    from fedw2v import feature_encoder
+
     cuda = device.startswith("cuda")
     model.to(device)
     use_gemm_feature_encoder(model, not cuda and config.gemm_feature_encoder)
+    feature_encoder.skip_audio_gradient(model)
     set_feature_encoder_frozen(model, config.freeze_feature_encoder)
     _set_checkpointing(model, cuda and config.gradient_checkpointing)
 

@@ -76,6 +76,17 @@ def test_cpu_heap_benchmark_measures_both_allocator_settings_in_fresh_processes(
     assert "| freed memory kept |" in res.stdout and "ratio kept / defaults" in res.stdout
 
 
+def test_audio_gradient_benchmark_times_both_sides_after_checking_their_gradients_are_equal(tmp_path):
+    out = tmp_path / "audio.json"
+    res = _bench("audio_gradient.py", "--model", "tiny", "--threads", "1", "--repeat", "1", "--batch", "2",
+                 "--seconds", "1", "--json", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]  # it stops on gradients that differ
+    medians = json.loads(out.read_text())["medians"]
+    assert set(medians) == {"audio gradient", "skipped"}
+    assert all(m["first layer"] > 0 and m["step"] > 0 for m in medians.values())
+    assert "| skipped |" in res.stdout and "step time saved" in res.stdout
+
+
 def test_cpu_bf16_benchmark_compares_error_rates_after_the_same_steps(asr_corpus, tmp_path):
     from fedw2v.device import cpu_bf16_feature
 

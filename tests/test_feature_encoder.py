@@ -1,6 +1,7 @@
 """The matrix-product feature encoder (fedw2v.feature_encoder): transformers' numbers (outputs and gradients) for
 every kernel/stride shape, the same parameters under the same names, freezing, bf16 autocast, and where
-`local_train` uses it (CPU, on by default; off with --no-gemm-feature-encoder)."""
+`local_train` uses it (CPU, on by default; off with --no-gemm-feature-encoder); and transformers' encoder, where it
+trains, skipping the gradient of the input audio with the same weight gradients bit for bit."""
 
 from __future__ import annotations
 
@@ -104,6 +105,57 @@ def test_a_group_norm_encoder_keeps_transformers_convolutions():
     original = model.wav2vec2.feature_extractor
     assert not feature_encoder.install(model)
     assert model.wav2vec2.feature_extractor is original
+
+
+def _transformers_model(norm: str, checkpointing: bool) -> Wav2Vec2ForCTC:
+    config = Wav2Vec2Config(conv_dim=(16, 16, 16), conv_kernel=(10, 3, 3), conv_stride=(5, 2, 2), hidden_size=16,
+                            num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, vocab_size=8,
+                            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, feat_extract_norm=norm,
+                            do_stable_layer_norm=norm == "layer", hidden_dropout=0.0, activation_dropout=0.0,
+                            attention_dropout=0.0, layerdrop=0.0, mask_time_prob=0.0)
+    torch.manual_seed(0)
+    model = Wav2Vec2ForCTC(config).train()
+    if checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+def _first_conv_inputs(model: Wav2Vec2ForCTC) -> list[bool]:
+    """Whether each call of the first convolution got an input that autograd differentiates."""
+    seen: list[bool] = []
+    model.wav2vec2.feature_extractor.conv_layers[0].conv.register_forward_hook(
+        lambda module, args, out: seen.append(args[0].requires_grad))
+    return seen
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+@pytest.mark.parametrize("norm", ["group", "layer"])
+def test_transformers_encoder_skips_the_audio_gradient_and_the_weights_get_the_same_ones(norm, checkpointing):
+    stock = _transformers_model(norm, checkpointing)
+    skipping = copy.deepcopy(stock)
+    feature_encoder.skip_audio_gradient(skipping)
+    feature_encoder.skip_audio_gradient(skipping)  # idempotent: one hook
+    assert len(skipping.wav2vec2.feature_extractor.conv_layers[0]._forward_pre_hooks) == 1
+    audio = torch.randn(3, 4321, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([[1, 2, 3], [4, 5, 6], [7, 1, 2]])
+    calls = {}
+    for name, model in (("stock", stock), ("skipping", skipping)):
+        calls[name] = _first_conv_inputs(model)
+        torch.manual_seed(2)  # the same dropout masks
+        model(audio, labels=labels).loss.backward()
+    assert calls["stock"] and all(calls["stock"])  # transformers asks for the audio's gradient ...
+    assert calls["skipping"] and not any(calls["skipping"])  # ... and with the hook, never
+    for (name, a), b in zip(stock.named_parameters(), skipping.parameters()):
+        assert (a.grad is None) == (b.grad is None), name
+        assert a.grad is None or torch.equal(a.grad, b.grad), name  # bit for bit
+
+
+def test_local_train_skips_the_audio_gradient_with_transformers_encoder(train_utts):
+    loaded = load_model("tiny", [u.text for u in train_utts], seed=0)
+    calls = _first_conv_inputs(loaded.model)
+    local_train(loaded.model, loaded.processor, train_utts[:4],
+                recipe("tiny", device="cpu", seed=3, epochs=1, max_batch_size=4, gemm_feature_encoder=False))
+    assert calls and not any(calls)
 
 
 def test_a_frozen_encoder_gets_no_gradient_and_the_rest_does():
