@@ -115,8 +115,8 @@ def _transformers_model(norm: str, checkpointing: bool) -> Wav2Vec2ForCTC:
                             attention_dropout=0.0, layerdrop=0.0, mask_time_prob=0.0)
     torch.manual_seed(0)
     model = Wav2Vec2ForCTC(config).train()
-    if checkpointing:
-        model.gradient_checkpointing_enable()
+    if checkpointing:  # transformers 5's name for it, and the older one
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
     return model
 
 
