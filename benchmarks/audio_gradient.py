@@ -4,11 +4,11 @@ In training, transformers' `Wav2Vec2FeatureEncoder` marks the audio as requiring
 the first convolution's backward for the audio too, which nothing reads. `fedw2v.feature_encoder.
 skip_audio_gradient` (installed by `local_train`) hands that layer the audio detached. This script measures what
 that saves on a random-init wav2vec2-base (group-norm encoder, which fedw2v trains through transformers' encoder;
-``--model tiny``: the tiny preset):
-the first layer's forward + backward alone, and a whole training step (forward, backward, clip, AdamW), each
-side alternating in one process (both inside `fedw2v.heap.keep_freed_memory`, as `local_train` runs), with the
-same seeds, so both sides draw the same dropout and time masks. It checks that both sides' gradients are equal
-bit for bit, then reports medians over ``--repeat``.
+``--model tiny``: the tiny preset): the first layer's forward + backward alone, and a whole training step
+(forward, backward, clip, AdamW), each side alternating in one process (both inside
+`fedw2v.heap.keep_freed_memory`, as `local_train` runs), with the same seeds, so both sides draw the same dropout
+and time masks. It checks that both sides' gradients are equal bit for bit, then reports medians over
+``--repeat``.
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/audio_gradient.py [--model base] [--threads 2] [--repeat 6] [--json F]
 """
