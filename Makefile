@@ -97,6 +97,7 @@ bench: install
 	$(PY) benchmarks/round_overhead.py
 	$(PY) benchmarks/cpu_heap.py
 	$(PY) benchmarks/audio_gradient.py
+	$(PY) benchmarks/cpu_kernels.py
 	if $(PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then \
 	  $(PY) benchmarks/gpu_client_step.py; else echo "no GPU here: benchmarks/gpu_client_step.py not run"; fi
 

@@ -169,12 +169,14 @@ def use_gemm_feature_encoder(model: Any, on: bool) -> None:
 
 
 def _prepare_model(model: Any, config: TrainConfig, device: str) -> None:
-    """``model`` on ``device`` with the feature encoder, its freezing and checkpointing that ``config`` asks for."""
-    from fedw2v import feature_encoder
+    """``model`` on ``device`` with the feature encoder, positional convolution, freezing and checkpointing that
+    ``config`` asks for."""
+    from fedw2v import feature_encoder, positional_conv
 
     cuda = device.startswith("cuda")
     model.to(device)
     use_gemm_feature_encoder(model, not cuda and config.gemm_feature_encoder)
+    (positional_conv.install if not cuda and config.fast_pos_conv else positional_conv.uninstall)(model)
     feature_encoder.skip_audio_gradient(model)
     set_feature_encoder_frozen(model, config.freeze_feature_encoder)
     _set_checkpointing(model, cuda and config.gradient_checkpointing)
@@ -245,7 +247,8 @@ class Stepper:
         self.config = config
         self.groups = param_groups(model, config)
         opt_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = opt_cls(self.groups, lr=config.lr_encoder, weight_decay=config.weight_decay)
+        self.optimizer = opt_cls(self.groups, lr=config.lr_encoder, weight_decay=config.weight_decay,
+                                 fused=config.fused_optimizer or None)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cuda and precision == "fp16")
         self.params = [p for g in self.groups for p in g["params"]]
         self.newbob = {"encoder": NewBob(config.newbob_factor_encoder, config.newbob_threshold),

@@ -131,7 +131,8 @@ def train(manifest: Path, work: Path, stages=STAGES, max_steps: int | None = Non
         args = ["train", str(manifest), "--out", str(run), "--model", model, "--recipe", "tiny", "--device", "cpu",
                 "--seed", str(SEED), "--epochs", str(stage["epochs"]), "--lr-encoder", f"{stage['lr']:g}",
                 "--lr-head", f"{stage['lr']:g}", "--warmup-steps", str(stage["warmup_steps"]), "--json",
-                "--no-gemm-feature-encoder"]  # the committed model's bytes came from transformers' convolutions
+                # the committed model's bytes came from transformers' convolutions and torch's unfused AdamW
+                "--no-gemm-feature-encoder", "--no-fast-pos-conv", "--no-fused-optimizer"]
         if max_steps is not None:
             args += ["--max-steps", str(max_steps)]
         metrics = last_json(fedw2v(*args, capture=True))

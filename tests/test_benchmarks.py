@@ -87,6 +87,18 @@ def test_audio_gradient_benchmark_times_both_sides_after_checking_their_gradient
     assert "| skipped |" in res.stdout and "step time saved" in res.stdout
 
 
+def test_cpu_kernels_benchmark_times_both_kernels_after_checking_they_agree(tmp_path):
+    out = tmp_path / "kernels.json"
+    res = _bench("cpu_kernels.py", "--model", "small", "--threads", "1", "--repeat", "1", "--seconds", "1",
+                 "--json", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]  # it stops on outputs or gradients that differ
+    got = json.loads(out.read_text())
+    assert set(got["pos_conv_ms"]["1.0"]) == {"transformers", "fedw2v"} and set(got["adamw_ms"]) == {
+        "per-parameter", "fused"}
+    assert all(v > 0 for v in [*got["pos_conv_ms"]["1.0"].values(), *got["adamw_ms"].values()])
+    assert "positional convolution, 8 x 1 s" in res.stdout and "AdamW step" in res.stdout
+
+
 def test_cpu_bf16_benchmark_compares_error_rates_after_the_same_steps(asr_corpus, tmp_path):
     from fedw2v.device import cpu_bf16_feature
 

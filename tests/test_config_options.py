@@ -108,7 +108,8 @@ def _captured(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("flags", [[], ["--batch-size", "8", "--lr-encoder", "1e-3"], ["--newbob"],
                                    ["--no-newbob", "--lr-head", "5e-4", "--freeze-feature-encoder"],
-                                   ["--no-gemm-feature-encoder"], ["--no-keep-freed-memory"]])
+                                   ["--no-gemm-feature-encoder"], ["--no-keep-freed-memory"],
+                                   ["--no-fast-pos-conv", "--no-fused-optimizer"]])
 def test_simulate_and_train_with_the_tiny_recipe_train_alike(monkeypatch, tmp_path, flags):
     seen, manifest = _captured(monkeypatch, tmp_path)
     runner.invoke(app, ["simulate", str(manifest), "--run-dir", str(tmp_path / "run"), "--recipe", "tiny",
@@ -121,6 +122,7 @@ def test_simulate_and_train_with_the_tiny_recipe_train_alike(monkeypatch, tmp_pa
     assert local.newbob is ("--newbob" in flags)
     assert local.gemm_feature_encoder is ("--no-gemm-feature-encoder" not in flags)
     assert local.keep_freed_memory is ("--no-keep-freed-memory" not in flags)
+    assert local.fast_pos_conv is local.fused_optimizer is ("--no-fused-optimizer" not in flags)
     expected = recipe("tiny", epochs=3, max_batch_size=8 if "8" in flags else None)
     assert local.max_batch_size == expected.max_batch_size and local.optimizer == "adamw"
 

@@ -1,6 +1,8 @@
 """What local training computes: the fp32 default bit for bit as the loop before its split and speed work, with
-either feature encoder (`--gemm-feature-encoder`, the default, or transformers'), and bf16 autocast on the CPU
-where the CPU has bf16 instructions (refused elsewhere)."""
+either feature encoder (`--gemm-feature-encoder`, the default, or transformers'), either positional convolution
+backward and either Adam kernel (`--fast-pos-conv` and `--fused-optimizer`, the defaults, or transformers' and
+torch's per-parameter loop), and bf16 autocast on the CPU where the CPU has bf16 instructions (refused
+elsewhere)."""
 
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ def _fresh(utts):
 def reference_train(model, processor, utts, config, dev=None) -> int:
     """The oracle: `local_train`'s loop as it was before it was split (fedw2v 2a0b673; CPU, fp32, no resume),
     written out plainly. Returns the optimizer steps taken."""
+    from fedw2v import positional_conv
     from fedw2v.batching import BucketBatchSampler, filter_by_duration
     from fedw2v.model import min_train_samples, receptive_field
     from fedw2v.train import (Collator, NewBob, SegmentDataset, _numpy_seeded, evaluate_loss, param_groups,
@@ -43,7 +46,10 @@ def reference_train(model, processor, utts, config, dev=None) -> int:
     torch.set_flush_denormal(True)
     kept = filter_by_duration(utts, config.min_seconds, config.max_seconds)[0]
     dev_kept = filter_by_duration(dev, config.min_seconds, config.max_seconds)[0] if dev else []
-    use_gemm_feature_encoder(model, config.gemm_feature_encoder)  # the one thing added since: which encoder
+    # added since: which feature encoder, which positional convolution's backward, which optimizer kernel
+    use_gemm_feature_encoder(model, config.gemm_feature_encoder)
+    if config.fast_pos_conv:
+        positional_conv.install(model)
     set_feature_encoder_frozen(model, config.freeze_feature_encoder)
     sampler = BucketBatchSampler([u.duration for u in kept], config.max_batch_seconds, config.max_batch_size,
                                  shuffle=True, seed=config.seed)
@@ -52,7 +58,8 @@ def reference_train(model, processor, utts, config, dev=None) -> int:
                                          batch_sampler=sampler, collate_fn=collate)
     groups = param_groups(model, config)
     opt_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    optimizer = opt_cls(groups, lr=config.lr_encoder, weight_decay=config.weight_decay)
+    optimizer = opt_cls(groups, lr=config.lr_encoder, weight_decay=config.weight_decay,
+                        fused=True if config.fused_optimizer else None)
     params = [p for g in groups for p in g["params"]]
     newbob = {"encoder": NewBob(config.newbob_factor_encoder, config.newbob_threshold),
               "head": NewBob(config.newbob_factor_head, config.newbob_threshold)}
@@ -98,6 +105,9 @@ CASES = {
                                     max_batch_size=4, epochs=2), "paper", True),
     # transformers' convolutional feature encoder (--no-gemm-feature-encoder), trained
     "transformers-feature-encoder": (dict(gemm_feature_encoder=False, max_batch_size=4, epochs=1), "tiny", False),
+    # transformers' positional convolution backward and torch's per-parameter Adam (what pretrain_tiny runs)
+    "unfused-transformers-kernels": (dict(gemm_feature_encoder=False, fast_pos_conv=False, fused_optimizer=False,
+                                          max_batch_size=4, epochs=1), "tiny", False),
 }
 
 

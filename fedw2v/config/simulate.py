@@ -53,6 +53,8 @@ class SimulateConfig:
     precision: str | None = train_option("precision")
     gradient_checkpointing: bool | None = train_option("gradient_checkpointing")
     gemm_feature_encoder: bool | None = train_option("gemm_feature_encoder")
+    fast_pos_conv: bool | None = train_option("fast_pos_conv")
+    fused_optimizer: bool | None = train_option("fused_optimizer")
     keep_freed_memory: bool | None = train_option("keep_freed_memory")
     weighting: str = option("", "Aggregation weights: num (samples, FedAvg) | loss (exp(-loss)) | wer "
                                 "(exp(100 - WER%)) | uniform (1/n; the only one --dp accepts).", choices=WEIGHTINGS,

@@ -60,6 +60,13 @@ class TrainConfig:
                                               "float rounding, faster. Off: transformers' convolutions (CUDA and "
                                               "group-norm encoders always use them).",
                                         negative="--no-gemm-feature-encoder", recipe=True)
+    fast_pos_conv: bool = option(True, "On the CPU, compute the gradient of the positional convolution's input as a "
+                                       "forward convolution with the kernel flipped: the same numbers to float "
+                                       "rounding, faster. Off: transformers' backward kernel (CUDA always uses it).",
+                                 negative="--no-fast-pos-conv", recipe=True)
+    fused_optimizer: bool = option(True, "Adam(W) as torch's fused kernel (transformers.Trainer's default): the same "
+                                         "update to float rounding, faster. Off: torch's per-parameter loop.",
+                                   negative="--no-fused-optimizer", recipe=True)
     keep_freed_memory: bool = option(True, "On the CPU (glibc), keep memory freed during training in the process "
                                            "so the next step reuses it instead of faulting in fresh pages: faster "
                                            "(3-19% at base size), a little more peak memory; given back when "
