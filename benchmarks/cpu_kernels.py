@@ -61,8 +61,10 @@ def main() -> None:
             times = alternate({"transformers": lambda: fwd_bwd(theirs, x, grad),
                                "fedw2v": lambda: fwd_bwd(ours, x, grad)}, args.repeat)
             results["pos_conv_ms"][seconds] = times
+            results.setdefault("input_gradient_ms", {})[seconds] = input_gradient(ours.conv, x, args.repeat)
             print(f"positional convolution, 8 x {seconds:g} s, forward + backward: transformers "
-                  f"{times['transformers']:.0f} ms, fedw2v {times['fedw2v']:.0f} ms")
+                  f"{times['transformers']:.0f} ms, fedw2v {times['fedw2v']:.0f} ms; its input's gradient alone: "
+                  + ", ".join(f"{k} {v:.0f} ms" for k, v in results["input_gradient_ms"][seconds].items()))
         params = list(model.parameters())
         for p in params:
             p.grad = torch.randn_like(p) * 1e-3
@@ -80,6 +82,24 @@ def fwd_bwd(module, x, grad) -> None:
     h = x.clone().requires_grad_()
     module(h).backward(grad)
     module.zero_grad(set_to_none=True)
+
+
+def input_gradient(conv, x, repeat: int) -> dict:
+    """Median ms of the gradient of the convolution's input alone: oneDNN's backward kernel, and the forward
+    convolution with the kernel flipped that `fedw2v.positional_conv` runs instead."""
+    import torch
+
+    from fedw2v.positional_conv import _flipped
+
+    weight = conv.weight.detach()
+    k, p, g = weight.shape[-1], conv.padding[0], conv.groups
+    grad, inp = torch.randn(x.shape[0], weight.shape[0], x.shape[1] + 2 * p - k + 1), x.transpose(1, 2)
+    return alternate({
+        "backward kernel": lambda: torch.ops.aten.convolution_backward(
+            grad, inp, weight, None, [1], [p], [1], False, [0], g, [True, False, False]),
+        "forward kernel, flipped": lambda: torch.nn.functional.conv1d(
+            grad, _flipped(weight, g), None, padding=k - 1 - p, groups=g),
+    }, repeat)
 
 
 def check(theirs, ours, x, grad) -> None:

@@ -1,13 +1,13 @@
 """wav2vec2's convolutional positional embedding for CPU training, with a faster backward for its input.
 
 The positional embedding is one grouped convolution over the transformer's input (kernel 128, 16 groups, stride 1,
-"same" padding), then transformers' ``SamePad`` and a GELU. On the CPU, oneDNN's backward kernel for the gradient
-of its input runs at about half the speed of its forward kernel for this shape (wav2vec2-base, batch 8: 287 ms
-against 146 ms at 2.7 s of audio, 2 threads; BENCHMARKS.md). For a stride-1 convolution that gradient *is* a
-forward convolution of the output's gradient with the kernel flipped in time and its input and output channels
-swapped within each group (padding ``k - 1 - p``), so `PositionalConv` computes it that way; the forward pass and
-the gradients of the weight and bias are transformers' own calls, unchanged (the forward bit for bit). The
-input's gradient equals transformers' to float rounding (tests/test_positional_conv.py).
+"same" padding), then transformers' ``SamePad`` and a GELU. On the CPU, oneDNN's backward kernel for the gradient of
+its input runs at about half the speed of its forward kernel for this shape (wav2vec2-base, batch 8: 268 ms against
+139 ms at 2.7 s of audio, 2 threads; `benchmarks/cpu_kernels.py`, BENCHMARKS.md). For a stride-1 convolution that
+gradient *is* a forward convolution of the output's gradient with the kernel flipped in time and its input and
+output channels swapped within each group (padding ``k - 1 - p``), so `PositionalConv` computes it that way; the
+forward pass and the gradients of the weight and bias are transformers' own calls, unchanged (the forward bit for
+bit). The input's gradient equals transformers' to float rounding (tests/test_positional_conv.py).
 
 `PositionalConv` takes the place of ``model.wav2vec2.encoder.pos_conv_embed`` with the same ``conv`` (weight norm
 included), ``padding`` and ``activation`` submodules, so parameter names, state dicts, freezing and federated
@@ -38,19 +38,24 @@ class _GroupedConv(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
         p, g = ctx.padding, ctx.groups
-        out_channels, in_per_group, k = weight.shape
+        out_channels, k = weight.shape[0], weight.shape[-1]
         want_x, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         want_b = ctx.has_bias and ctx.needs_input_grad[2]
         grad_x = grad_w = grad_b = None
         if want_x:
-            flipped = (weight.view(g, out_channels // g, in_per_group, k).transpose(1, 2).flip(-1)
-                       .reshape(g * in_per_group, out_channels // g, k))
-            grad_x = nn.functional.conv1d(grad, flipped, None, padding=k - 1 - p, groups=g)
+            grad_x = nn.functional.conv1d(grad, _flipped(weight, g), None, padding=k - 1 - p, groups=g)
         if want_w or want_b:
             _, grad_w, grad_b = torch.ops.aten.convolution_backward(
                 grad, x, weight, [out_channels] if ctx.has_bias else None, [1], [p], [1], False, [0], g,
                 [False, want_w, want_b])
         return grad_x, grad_w, grad_b, None, None
+
+
+def _flipped(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """The kernel of the input's gradient: flipped in time, input and output channels swapped within each group."""
+    out_channels, in_per_group, k = weight.shape
+    return (weight.view(groups, out_channels // groups, in_per_group, k).transpose(1, 2).flip(-1)
+            .reshape(groups * in_per_group, out_channels // groups, k))
 
 
 class PositionalConv(nn.Module):

@@ -95,7 +95,9 @@ def test_cpu_kernels_benchmark_times_both_kernels_after_checking_they_agree(tmp_
     got = json.loads(out.read_text())
     assert set(got["pos_conv_ms"]["1.0"]) == {"transformers", "fedw2v"} and set(got["adamw_ms"]) == {
         "per-parameter", "fused"}
-    assert all(v > 0 for v in [*got["pos_conv_ms"]["1.0"].values(), *got["adamw_ms"].values()])
+    assert set(got["input_gradient_ms"]["1.0"]) == {"backward kernel", "forward kernel, flipped"}
+    assert all(v > 0 for v in [*got["pos_conv_ms"]["1.0"].values(), *got["adamw_ms"].values(),
+                               *got["input_gradient_ms"]["1.0"].values()])
     assert "positional convolution, 8 x 1 s" in res.stdout and "AdamW step" in res.stdout
 
 
