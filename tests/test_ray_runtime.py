@@ -59,17 +59,73 @@ def test_a_cluster_that_does_not_answer_is_one_line_before_anything_starts():
     rr.RayRuntime(rr.Target()).check_reachable()  # a local Ray: nothing to reach
 
 
-def test_ray_counts_as_dead_only_after_its_endpoints_stay_silent(monkeypatch):
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    port = listener.getsockname()[1]
+def _health_server(status: str = "SERVING"):
+    """A gRPC server with the standard health service (as Ray's GCS and raylets have); returns (server, port)."""
+    from concurrent import futures
+
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    servicer = health.HealthServicer()
+    servicer.set("", getattr(health_pb2.HealthCheckResponse, status))
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, port
+
+
+def test_ray_counts_as_dead_only_after_its_endpoints_stay_silent():
+    server, port = _health_server()
     runtime = rr.RayRuntime(rr.Target(), endpoints={"GCS": ("127.0.0.1", port)})
     assert runtime.dead(now=0.0) == ""
-    listener.close()  # the GCS dies
+    server.stop(None).wait()  # the GCS dies
     assert runtime.dead(now=100.0) == ""  # silent since 100 s
     assert runtime.dead(now=100.0 + rr.DEAD_AFTER - 1) == ""
     assert runtime.dead(now=100.0 + rr.DEAD_AFTER) == f"Ray stopped: its GCS at 127.0.0.1:{port} stopped answering"
+
+
+def test_a_raylet_that_accepts_connections_but_does_not_answer_counts_as_silent():
+    """A stopped or hung process: the kernel still completes TCP connects to its port (a TCP probe says it
+    lives), but its health service never answers; one that answers NOT_SERVING is not serving either."""
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen()
+    hung_port = hung.getsockname()[1]
+    server, port = _health_server()
+    sick, sick_port = _health_server("NOT_SERVING")
+    try:
+        assert rr.answers("127.0.0.1", hung_port)  # what the old probe saw
+        endpoints = {"GCS": ("127.0.0.1", port), "raylet": ("127.0.0.1", hung_port)}
+        assert rr.not_serving(endpoints, timeout=0.5) == ["raylet"]
+        assert rr.not_serving({"raylet": ("127.0.0.1", sick_port)}, timeout=0.5) == ["raylet"]
+        runtime = rr.RayRuntime(rr.Target(), endpoints=endpoints)
+        assert runtime.silent() == f"Ray stopped: its raylet at 127.0.0.1:{hung_port} stopped answering"
+    finally:
+        hung.close()
+        server.stop(None)
+        sick.stop(None)
+
+
+def test_frozen_processes_are_stopped_and_never_reaped_the_others_are_killed():
+    """`Spawned.freeze`: what Ray's raylet gets after an abrupt end (it ends with the command, by the kernel)."""
+    from fedw2v.fl.processes import Spawned, _stat
+
+    keep = subprocess.Popen(["sleep", "60"])
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        with Spawned(grace=0.0) as spawned:
+            spawned.freeze([keep.pid, 1])  # pid 1: not a descendant, never touched
+            assert spawned.frozen == {keep.pid}
+            spawned.kill_now()
+            assert other.wait(5) == -signal.SIGKILL
+            assert _stat(keep.pid)[0] == "T"  # stopped, not killed
+        assert keep.poll() is None and _stat(keep.pid)[0] == "T"  # the exit reaps the others, not it
+    finally:
+        keep.kill()
+        keep.wait()
+        other.kill()
+        other.wait()
 
 
 def test_a_ctrl_c_that_a_fork_hook_swallows_is_raised_again():

@@ -131,6 +131,27 @@ def test_ray_dying_mid_round_stops_the_run_in_one_line_and_resume_continues(fl_c
     assert ends == [0, 1, 2]  # each round logged once
 
 
+def test_a_raylet_that_hangs_mid_round_stops_the_run_in_one_line(fl_clients, tmp_path, env):
+    """A raylet that is stopped (or hung) still has its port accepted by the kernel: a TCP probe saw it alive and
+    the run stalled until Ray marked the node dead (~50 s), then ended with exit 1 and no message of ours. The
+    health check sees it silent: one line, exit 1, its checkpoint intact, the stopped raylet killed too."""
+    run = tmp_path / "runs" / "h"
+    proc = _start(_args(fl_clients, run, "--rounds", "2"), env, tmp_path / "out.txt")
+    _wait_for(proc, lambda: _latest(run) == "round-0000")
+    raylets = [int(line.split()[0]) for line in _ray_processes(proc.pid) if "raylet/raylet" in line]
+    assert len(raylets) == 1, _ray_processes(proc.pid)
+    os.kill(raylets[0], signal.SIGSTOP)
+    took = _ended_within(proc, 90)
+    output = (tmp_path / "out.txt").read_text()
+    assert proc.returncode == 1, output[-3000:]
+    assert took < 45, output[-3000:]  # DEAD_AFTER (10 s) and a few probes, not Ray's own ~50 s
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("error: Ray stopped: its raylet at") and "stopped answering" in last, output[-4000:]
+    assert "the run stopped at its checkpoint round-0000 (continue it with --resume" in last
+    assert _latest(run) == "round-0000"
+    _no_process_left(proc)
+
+
 def _dead_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -2,8 +2,12 @@
 
 `Spawned` notes every descendant of this process twice a second (Ray's workers outlive ``ray.shutdown()`` by a
 moment, and Flower may shut Ray down itself, orphaning them). On the way out it waits `grace` seconds for them
-to exit and SIGKILLs the rest; `kill_now()` kills them at once (Ctrl-C, or a Ray that died). A pid is only touched
-while its start time matches the one recorded, so a new process that reused the number is never hit.
+to exit and SIGKILLs the rest; `kill_now()` kills them at once (Ctrl-C, or a Ray that died). Processes handed to
+`freeze()` are stopped (SIGSTOP) instead and left to end with this process: Ray starts its GCS and raylet so that
+the kernel kills them when their parent exits, and killing the raylet earlier makes Ray's core worker end this
+process itself ("The connection to the plasma store is failed. Terminate the process.", exit status 1) before
+the command has said why it stops. A pid is only touched while its start time matches the one recorded, so a new
+process that reused the number is never hit.
 
 `Interrupts` makes sure a Ctrl-C is not lost: Python swallows an exception raised in an at-fork callback (it
 prints "Exception ignored in: <function _releaseLock …> KeyboardInterrupt"), and that is where a Ctrl-C lands
@@ -26,6 +30,7 @@ class Spawned:
     def __init__(self, grace: float = 15.0):
         self.grace = grace  # seconds stragglers get to exit on their own before SIGKILL
         self.seen: dict[int, str] = {}
+        self.frozen: set[int] = set()  # stopped, left to end with this process (see the module docstring)
         self._stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="fedw2v-process-watch", daemon=True)
 
@@ -41,12 +46,27 @@ class Spawned:
         self._stop.set()
         self._watcher.join()
         self.seen.update(descendants(os.getpid()))
-        reap(self.seen, self.grace)
+        reap(self._unfrozen(), self.grace)
+
+    def _unfrozen(self) -> dict[int, str]:
+        return {pid: started for pid, started in self.seen.items() if pid not in self.frozen}
+
+    def freeze(self, pids: list[int]) -> None:
+        """SIGSTOP those of `pids` that are descendants of this process; they are never reaped, and end with it
+        (only for processes started to die with their parent, as Ray's own are on Linux)."""
+        self.seen.update(descendants(os.getpid()))
+        for pid in pids:
+            if pid in self.seen and _running(pid, self.seen[pid]):
+                try:
+                    os.kill(pid, signal.SIGSTOP)
+                except OSError:
+                    continue
+                self.frozen.add(pid)
 
     def kill_now(self) -> None:
-        """SIGKILL every descendant now."""
+        """SIGKILL every descendant now, but the frozen ones."""
         self.seen.update(descendants(os.getpid()))
-        reap(self.seen, 0.0)
+        reap(self._unfrozen(), 0.0)
 
 
 class Interrupts:
@@ -110,6 +130,12 @@ def _stat(pid: int) -> list[str] | None:
         return None
 
 
+def _running(pid: int, started: str) -> bool:
+    """Whether `pid` is the process that started at `started` and has not exited (a zombie has)."""
+    fields = _stat(pid)
+    return bool(fields) and fields[0] != "Z" and len(fields) > 19 and fields[19] == started
+
+
 def descendants(root: int) -> dict[int, str]:
     """{pid: start time} of every process below `root` (Linux /proc; empty elsewhere)."""
     children: dict[int, list[tuple[int, str]]] = {}
@@ -137,8 +163,7 @@ def reap(processes: dict[int, str], grace: float = 15.0) -> None:
     touched while its start time matches (never a new process that reused the number)."""
 
     def alive(pid: int) -> bool:
-        fields = _stat(pid)
-        return bool(fields) and fields[0] != "Z" and len(fields) > 19 and fields[19] == processes[pid]
+        return _running(pid, processes[pid])
 
     deadline = time.monotonic() + grace
     pending = {p for p in processes if alive(p)}

@@ -10,8 +10,12 @@ engine starts (Flower's Ray backend then uses that Ray as it is); on exit it dis
 actors it started end with it) and the cluster keeps running.
 
 While the run lasts, `RayRuntime.dead()` says whether the cluster's GCS or this node's raylet has stopped
-answering (a TCP connect per check; dead after `DEAD_AFTER` seconds without an answer). Ray itself only notices
-after 60 s and then ends the process with a fatal log line, leaving Flower's threads blocked in ``ray.get``.
+answering (dead after `DEAD_AFTER` seconds without an answer). Each check asks both their gRPC health service
+(``grpc.health.v1.Health/Check``, the one Ray's GCS itself uses to watch raylets), at once, with `PROBE_TIMEOUT`:
+a TCP connect is not enough, because the kernel completes it for a process that is stopped or hung, and such a
+raylet stalled the run until Ray marked the node dead ~50 s later and then ended it without a word. Ray itself
+only notices a dead GCS after 60 s and then ends the process with a fatal log line, leaving Flower's threads
+blocked in ``ray.get``.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from fedw2v.errors import EnvironmentProblem, InputError
 ENV = "RAY_ADDRESS"
 AUTO = "auto"
 DEAD_AFTER = 10.0  # seconds without an answer from the GCS or the raylet before Ray counts as dead
-PROBE_TIMEOUT = 3.0
+PROBE_TIMEOUT = 2.0  # seconds a health check (or a TCP connect) may take
 
 
 def ray_temp_dir(environ: Mapping[str, str]) -> Path:
@@ -98,12 +102,41 @@ def answers(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> bool:
         return False
 
 
+def not_serving(endpoints: Mapping[str, tuple[str, int]], timeout: float = PROBE_TIMEOUT) -> list[str]:
+    """The names of `endpoints` whose gRPC health service does not answer SERVING within `timeout` seconds (all
+    asked at once, each on a channel of its own that is closed afterwards)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    channels: list[Any] = []
+    calls = {}
+    try:
+        for name, (host, port) in endpoints.items():
+            channel = grpc.insecure_channel(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+            channels.append(channel)
+            calls[name] = health_pb2_grpc.HealthStub(channel).Check.future(health_pb2.HealthCheckRequest(),
+                                                                           timeout=timeout)
+        silent = []
+        for name, call in calls.items():
+            try:
+                serving = call.result().status == health_pb2.HealthCheckResponse.SERVING
+            except grpc.RpcError:
+                serving = False
+            if not serving:
+                silent.append(name)
+        return silent
+    finally:
+        for channel in channels:
+            channel.close()
+
+
 @dataclass
 class RayRuntime:
     """One run's Ray: `start()` it (local or joined), ask `dead()` while the run lasts, `stop()` at the end."""
 
     target: Target
     endpoints: dict[str, tuple[str, int]] = field(default_factory=dict)  # what `dead()` probes
+    fate_shared: list[int] = field(default_factory=list)  # a local Ray's processes that end with this one
     _silent_since: float | None = None
 
     def check_reachable(self) -> None:
@@ -141,6 +174,7 @@ class RayRuntime:
                     if "path length" in detail else "rerun with --verbose for Ray's own log")
             raise EnvironmentProblem(f"could not {what}: {detail}", hint=hint) from None
         self.endpoints = _endpoints(ray)
+        self.fate_shared = _fate_shared() if self.target.local else []
 
     def resources(self) -> tuple[int, int]:
         """(CPUs, GPUs) of the whole cluster (a local Ray: what `start` gave it)."""
@@ -151,7 +185,8 @@ class RayRuntime:
 
     def silent(self) -> str:
         """'' when the GCS and this node's raylet answer now; else which do not, as a one-line reason."""
-        silent = [f"{name} at {h}:{p}" for name, (h, p) in self.endpoints.items() if not answers(h, p, 2.0)]
+        silent = [f"{name} at {self.endpoints[name][0]}:{self.endpoints[name][1]}"
+                  for name in not_serving(self.endpoints)]
         return f"Ray stopped: its {' and '.join(silent)} stopped answering" if silent else ""
 
     def dead(self, now: float | None = None) -> str:
@@ -192,6 +227,20 @@ def _no_auto_connect() -> None:
         auto_init_hook.enable_auto_connect = False
     except (ImportError, AttributeError):
         pass
+
+
+def _fate_shared() -> list[int]:
+    """The pids of the processes a local ``ray.init`` started (GCS, raylet, monitors) when Ray started them to be
+    killed by the kernel once this process exits (``PR_SET_PDEATHSIG``, Linux); else none."""
+    try:
+        from ray._private import worker
+
+        node = worker._global_node
+        if node is None or not node.kernel_fate_share:
+            return []
+        return [info.process.pid for infos in node.all_processes.values() for info in infos]
+    except (ImportError, AttributeError):  # another Ray: the processes are then reaped as any other
+        return []
 
 
 def _endpoints(ray: Any) -> dict[str, tuple[str, int]]:

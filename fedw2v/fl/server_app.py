@@ -444,6 +444,7 @@ class Outcome:
 
     state: RunState | None = None
     error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)  # set when the server thread has ended
 
 
 def make_server_app(reporter: Reporter | None = None, outcome: Outcome | None = None,
@@ -462,6 +463,9 @@ def make_server_app(reporter: Reporter | None = None, outcome: Outcome | None = 
             if outcome is None:
                 raise
             outcome.error = exc
+        finally:
+            if outcome is not None:
+                outcome.done.set()
 
     return app
 

@@ -7,7 +7,8 @@ its GCS or this node's raylet stops answering, the run stops within `ray_runtime
 more, with one line and its last checkpoint intact (``--resume`` continues). It takes Ctrl-C at any moment
 (exit 130 within seconds). However the run ends, the server is halted (`server_app.Halt`), Ray is shut down (a
 cluster is only left: it keeps running) and every process started under this one is reaped, so none outlives
-the command.
+the command (after an abrupt end, a local Ray's GCS and raylet are stopped and the kernel ends them with this
+process: `_stop`).
 
 Flower's engine threads wait in ``ray.get`` without a timeout, and after Ray died under them they never return.
 Started from the engine's daemon thread, they are daemon threads too; if they still hold the interpreter's exit
@@ -107,10 +108,12 @@ def simulate(config: SimulateConfig, reporter: Any = None, verbose: bool = False
 
 def _stop(engine: _Engine | None, runtime: Any, spawned: Spawned, abrupt: bool) -> None:
     """Halt the server, then leave Ray. After the engine ended by itself: shut Ray down (a cluster is only
-    disconnected from) and give its processes `spawned.grace` to exit. Abruptly (Ctrl-C, an error, Ray died): a
-    local Ray's processes are killed at once, so Flower's threads waiting in ``ray.get`` return, and Ray is not
-    shut down (a Ray call from one of Flower's threads after ``ray.shutdown()`` makes Ray end the process); a
-    cluster ends this job's actors itself once this driver is gone."""
+    disconnected from) and give its processes `spawned.grace` to exit. Abruptly (Ctrl-C, an error, Ray died): Ray
+    is not shut down (a Ray call from one of Flower's threads after ``ray.shutdown()`` makes Ray end the process).
+    A local Ray's own processes (GCS, raylet) are stopped and end with this process (killed now, the raylet's
+    end would make Ray end this process first, with exit status 1 and no word of why), and every other process
+    (the clients, Ray's agents) is killed at once; a cluster ends this job's actors itself once this driver is
+    gone. The server thread gets 3 s to stop (it stops at its next wait, within 0.05 s)."""
     if engine is not None:
         engine.halt.set("interrupted" if abrupt else "the run ended")
     if not abrupt or (engine is None and not runtime.target.local):  # no Flower thread can call Ray now
@@ -119,9 +122,12 @@ def _stop(engine: _Engine | None, runtime: Any, spawned: Spawned, abrupt: bool) 
         return
     spawned.grace = 2.0
     if runtime.target.local:
+        spawned.freeze(runtime.fate_shared)
         spawned.kill_now()
-    if engine is not None:
-        engine.join(3.0)
+    deadline = time.monotonic() + 3.0
+    while engine is not None and engine.is_alive() and time.monotonic() < deadline:
+        if engine.outcome.done.wait(0.05):
+            break
 
 
 def _check_precision(config: SimulateConfig) -> None:
