@@ -7,7 +7,8 @@ its input runs at about half the speed of its forward kernel for this shape (wav
 gradient *is* a forward convolution of the output's gradient with the kernel flipped in time and its input and
 output channels swapped within each group (padding ``k - 1 - p``), so `PositionalConv` computes it that way; the
 forward pass and the gradients of the weight and bias are transformers' own calls, unchanged (the forward bit for
-bit). The input's gradient equals transformers' to float rounding (tests/test_positional_conv.py).
+bit). The input's gradient equals transformers' to float rounding (tests/test_positional_conv.py). Under autocast
+(``--precision bf16``) it casts as autocast does for a convolution and computes the gradients in that precision.
 
 `PositionalConv` takes the place of ``model.wav2vec2.encoder.pos_conv_embed`` with the same ``conv`` (weight norm
 included), ``padding`` and ``activation`` submodules, so parameter names, state dicts, freezing and federated
@@ -30,9 +31,14 @@ class _GroupedConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int,
                 groups: int) -> torch.Tensor:
+        if torch.is_autocast_enabled(x.device.type):  # (--precision bf16) what autocast does for a convolution:
+            dtype = torch.get_autocast_dtype(x.device.type)  # every tensor in the lower precision, so that the
+            x, weight = x.to(dtype), weight.to(dtype)  # backward, which runs without autocast, gets them alike
+            bias = None if bias is None else bias.to(dtype)
         ctx.save_for_backward(x, weight)
         ctx.padding, ctx.groups, ctx.has_bias = padding, groups, bias is not None
-        return nn.functional.conv1d(x, weight, bias, padding=padding, groups=groups)
+        with torch.autocast(x.device.type, enabled=False):
+            return nn.functional.conv1d(x, weight, bias, padding=padding, groups=groups)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor):

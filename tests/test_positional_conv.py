@@ -64,6 +64,31 @@ def test_output_bit_for_bit_and_gradients_to_rounding(kernel, groups, weight_nor
         assert _close(gp_o[key], gp_t[key]), key
 
 
+def test_under_bf16_autocast_it_computes_what_transformers_computes():
+    """`--precision bf16` on the CPU: autocast casts a convolution's tensors to bf16; the backward (run without
+    autocast) must get them alike (it failed with "Input type (CPUBFloat16Type) and weight type
+    (torch.FloatTensor) should be the same"). bf16 autocast runs on any CPU (emulated without avx512_bf16)."""
+    theirs = _model(16, 4)
+    ours = copy.deepcopy(theirs)
+    positional_conv.install(ours)
+    torch.manual_seed(1)
+    x = torch.randn(3, 37, 48)
+    grad = torch.randn(3, 37, 48)
+    results = []
+    for model in (theirs, ours):
+        h = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model.wav2vec2.encoder.pos_conv_embed(h)
+        out.float().backward(grad)
+        params = dict(model.wav2vec2.encoder.pos_conv_embed.named_parameters())
+        results.append((out.detach(), h.grad, {k: p.grad for k, p in params.items()}))
+    (out_t, gx_t, gp_t), (out_o, gx_o, gp_o) = results
+    assert out_o.dtype == out_t.dtype == torch.bfloat16 and torch.equal(out_o, out_t)
+    assert gx_o.dtype == torch.float32 and _close(gx_o, gx_t, 2e-2)  # bf16: 8 bits of mantissa
+    for key in gp_t:
+        assert gp_o[key].dtype == torch.float32 and _close(gp_o[key], gp_t[key], 2e-2), key
+
+
 def test_a_whole_model_trains_alike_and_uninstall_puts_transformers_back():
     theirs = _model(16, 4)
     ours = copy.deepcopy(theirs)
