@@ -39,6 +39,23 @@ def _close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> bool:
     return bool((a - b).abs().max() <= tol * b.abs().max())
 
 
+def _both(theirs: Wav2Vec2ForCTC, ours: Wav2Vec2ForCTC, bf16: bool = False) -> list[tuple]:
+    """(output, input gradient, parameter gradients) of each model's positional embedding on the same input and
+    output gradient (under bf16 autocast if `bf16`)."""
+    torch.manual_seed(1)
+    x = torch.randn(3, 37, 48)
+    grad = torch.randn(3, 37, 48)
+    results = []
+    for model in (theirs, ours):
+        h = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model.wav2vec2.encoder.pos_conv_embed(h)
+        out.float().backward(grad)
+        params = dict(model.wav2vec2.encoder.pos_conv_embed.named_parameters())
+        results.append((out.detach(), h.grad, {k: p.grad for k, p in params.items()}))
+    return results
+
+
 @pytest.mark.parametrize("kernel,groups,weight_norm", [(16, 4, True), (7, 3, True), (16, 4, False)])
 def test_output_bit_for_bit_and_gradients_to_rounding(kernel, groups, weight_norm):
     theirs = _model(kernel, groups, weight_norm)
@@ -46,17 +63,7 @@ def test_output_bit_for_bit_and_gradients_to_rounding(kernel, groups, weight_nor
     assert positional_conv.install(ours) and positional_conv.install(ours)  # idempotent
     assert isinstance(ours.wav2vec2.encoder.pos_conv_embed, positional_conv.PositionalConv)
     assert ours.state_dict().keys() == theirs.state_dict().keys()
-    torch.manual_seed(1)
-    x = torch.randn(3, 37, 48)
-    grad = torch.randn(3, 37, 48)
-    results = []
-    for model in (theirs, ours):
-        h = x.clone().requires_grad_()
-        out = model.wav2vec2.encoder.pos_conv_embed(h)
-        out.backward(grad)
-        params = dict(model.wav2vec2.encoder.pos_conv_embed.named_parameters())
-        results.append((out.detach(), h.grad, {k: p.grad for k, p in params.items()}))
-    (out_t, gx_t, gp_t), (out_o, gx_o, gp_o) = results
+    (out_t, gx_t, gp_t), (out_o, gx_o, gp_o) = _both(theirs, ours)
     assert torch.equal(out_o, out_t)  # the forward is transformers' own call
     assert _close(gx_o, gx_t) and not torch.equal(gx_o, torch.zeros_like(gx_o))
     assert gp_o.keys() == gp_t.keys() and len(gp_o) == (3 if weight_norm else 2)
@@ -71,18 +78,7 @@ def test_under_bf16_autocast_it_computes_what_transformers_computes():
     theirs = _model(16, 4)
     ours = copy.deepcopy(theirs)
     positional_conv.install(ours)
-    torch.manual_seed(1)
-    x = torch.randn(3, 37, 48)
-    grad = torch.randn(3, 37, 48)
-    results = []
-    for model in (theirs, ours):
-        h = x.clone().requires_grad_()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = model.wav2vec2.encoder.pos_conv_embed(h)
-        out.float().backward(grad)
-        params = dict(model.wav2vec2.encoder.pos_conv_embed.named_parameters())
-        results.append((out.detach(), h.grad, {k: p.grad for k, p in params.items()}))
-    (out_t, gx_t, gp_t), (out_o, gx_o, gp_o) = results
+    (out_t, gx_t, gp_t), (out_o, gx_o, gp_o) = _both(theirs, ours, bf16=True)
     assert out_o.dtype == out_t.dtype == torch.bfloat16 and torch.equal(out_o, out_t)
     assert gx_o.dtype == torch.float32 and _close(gx_o, gx_t, 2e-2)  # bf16: 8 bits of mantissa
     for key in gp_t:
