@@ -79,6 +79,21 @@ def _session_started(env: dict) -> bool:
     return root.is_dir() and any(p.name.startswith("session_2") for p in root.iterdir())
 
 
+def _stopped_in_one_line(proc: subprocess.Popen, out: Path, run: Path, endpoint: str, within: float) -> None:
+    """The run ended within `within` s, exit 1, with one line naming the silent `endpoint` and the intact
+    checkpoint round-0000, no traceback, and no process left behind."""
+    took = _ended_within(proc, 90)
+    output = out.read_text()
+    assert proc.returncode == 1, output[-3000:]
+    assert took < within, output[-3000:]
+    last = output.strip().splitlines()[-1]
+    assert last.startswith(f"error: Ray stopped: its {endpoint} at") and "stopped answering" in last, output[-4000:]
+    assert "the run stopped at its checkpoint round-0000 (continue it with --resume" in last
+    assert "Traceback" not in output
+    assert _latest(run) == "round-0000"
+    _no_process_left(proc)
+
+
 def test_ctrl_c_while_ray_starts_ends_the_command_within_seconds(fl_clients, tmp_path, env):
     proc = _start(_args(fl_clients, tmp_path / "runs" / "a"), env, tmp_path / "out.txt")
     _wait_for(proc, lambda: _session_started(env))  # ray.init is forking Ray's processes now
@@ -114,16 +129,8 @@ def test_ray_dying_mid_round_stops_the_run_in_one_line_and_resume_continues(fl_c
     assert ray, "no Ray process found"
     for pid in ray:  # Ray dies (OOM killer, a node lost): every Ray process, not the command
         os.kill(pid, signal.SIGKILL)
-    took = _ended_within(proc, 90)
-    output = (tmp_path / "out.txt").read_text()
-    assert proc.returncode == 1, output[-3000:]
-    assert took < 60  # Ray itself would only give up after 60 s, with a fatal log line and no message of ours
-    last = output.strip().splitlines()[-1]
-    assert last.startswith("error: Ray stopped: its GCS at") and "stopped answering" in last, last
-    assert "the run stopped at its checkpoint round-0000 (continue it with --resume" in last
-    assert "Traceback" not in output
-    assert _latest(run) == "round-0000"
-    _no_process_left(proc)
+    # Ray itself would only give up after 60 s, with a fatal log line and no message of ours
+    _stopped_in_one_line(proc, tmp_path / "out.txt", run, "GCS", within=60)
 
     resumed = _run([*args, "--resume"], env)
     assert resumed.returncode == 0, resumed.stdout[-3000:]
@@ -141,15 +148,8 @@ def test_a_raylet_that_hangs_mid_round_stops_the_run_in_one_line(fl_clients, tmp
     raylets = [int(line.split()[0]) for line in _ray_processes(proc.pid) if "raylet/raylet" in line]
     assert len(raylets) == 1, _ray_processes(proc.pid)
     os.kill(raylets[0], signal.SIGSTOP)
-    took = _ended_within(proc, 90)
-    output = (tmp_path / "out.txt").read_text()
-    assert proc.returncode == 1, output[-3000:]
-    assert took < 45, output[-3000:]  # DEAD_AFTER (10 s) and a few probes, not Ray's own ~50 s
-    last = output.strip().splitlines()[-1]
-    assert last.startswith("error: Ray stopped: its raylet at") and "stopped answering" in last, output[-4000:]
-    assert "the run stopped at its checkpoint round-0000 (continue it with --resume" in last
-    assert _latest(run) == "round-0000"
-    _no_process_left(proc)
+    # DEAD_AFTER (10 s) and a few probes, not Ray's own ~50 s
+    _stopped_in_one_line(proc, tmp_path / "out.txt", run, "raylet", within=45)
 
 
 def _dead_port() -> int:
